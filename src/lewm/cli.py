@@ -1,0 +1,220 @@
+"""The ``lewm`` command: thin wrappers over library functions, one per verb."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lewm.device import DEVICE_CHOICES
+
+app = typer.Typer(
+    help="LeWorldModel: collect pixel datasets, train a JEPA world model, plan with CEM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+T = TypeVar("T")
+
+Seed = Annotated[int, typer.Option(help="Seed for every random choice; same seed, same result.")]
+Device = Annotated[str, typer.Option(help=f"Compute device: {'|'.join(DEVICE_CHOICES)}.")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Config overrides as key=value (dotted path or unique field name), "
+        "e.g. train.lr=1e-3 model.patch_size=8. `lewm config` lists every field.",
+        show_default=False,
+    ),
+]
+Preset = Annotated[
+    str, typer.Option(help="Named preset: tiny (CPU) or paper (the released model).")
+]
+
+
+def _guarded(fn: Callable[[], T]) -> T:
+    """Turn the library's input errors into one clear line and exit code 2, no traceback."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: nothing half-written was left behind")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def collect(
+    env: Annotated[str, typer.Argument(help="Environment name, e.g. tworoom.")],
+    episodes: Annotated[int, typer.Option(help="Number of episodes to record.")] = 1000,
+    out: Annotated[Path, typer.Option(help="Output HDF5 file (written atomically).")] = Path(
+        "data.h5"
+    ),
+    resolution: Annotated[int, typer.Option(help="Square image size in pixels.")] = 64,
+    seed: Seed = 0,
+    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+) -> None:
+    """Record an offline dataset with the environment's data-collection policy."""
+    from lewm.data import collect as collect_episodes
+
+    path = _guarded(
+        lambda: collect_episodes(env, episodes, out, resolution=resolution, seed=seed,
+                                 workers=workers)
+    )
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Training dataset (HDF5).")],
+    out: Annotated[Path, typer.Option(help="Run folder; re-running resumes it.")],
+    overrides: Overrides = None,
+    preset: Preset = "tiny",
+    max_steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Clips per batch.")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train LeWM from pixels (or resume the run in --out) and export its checkpoint."""
+    from lewm.config import resolve
+    from lewm.train.fit import train as train_run
+
+    def go() -> dict[str, Any]:
+        cfg = resolve(
+            preset,
+            overrides,
+            {"train.max_steps": max_steps, "train.batch_size": batch_size, "seed": seed},
+        )
+        return train_run(data, out, cfg, device=device, progress=progress)
+
+    summary = _guarded(go)
+    before = summary["heldout_before_bn_recalibration"]
+    after = summary["heldout_after_bn_recalibration"]
+    table = Table(title=f"trained {out} ({summary['steps']} steps)")
+    table.add_column("held-out 1-step MSE (eval mode)")
+    table.add_column("model", justify="right")
+    table.add_column("copy last embedding", justify="right")
+    table.add_row("before BN re-estimation", f"{before['pred_mse']:.4f}",
+                  f"{before['copy_last_mse']:.4f}")
+    table.add_row("after BN re-estimation", f"{after['pred_mse']:.4f}",
+                  f"{after['copy_last_mse']:.4f}")
+    console.print(table)
+    console.print(f"training throughput: {summary['frames_per_second']:.0f} frames/s")
+
+
+@app.command(name="eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder with a trained checkpoint.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset with start/goal states (default: the run's).")
+    ] = None,
+    overrides: Overrides = None,
+    episodes: Annotated[int, typer.Option(help="Start/goal pairs to evaluate.")] = 50,
+    split: Annotated[str, typer.Option(help="Episodes to draw pairs from: val|train|all.")] = "val",
+    policy: Annotated[str, typer.Option(help="cem (plan with the model) or random.")] = "cem",
+    seed: Seed = 42,
+    device: Device = "auto",
+    name: Annotated[str | None, typer.Option(help="Result name (default POLICY_seedS).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Goal-reaching evaluation (PROTOCOL.md): success rate and seconds per plan."""
+    from lewm.config import EvalConfig
+    from lewm.plan.evaluate import evaluate_run
+
+    def go() -> Any:
+        if episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {episodes}")
+        eval_cfg = dataclasses.replace(EvalConfig(), episodes=episodes, split=split)
+        return evaluate_run(run, data, eval_cfg, overrides, policy, seed, device, name, progress)
+
+    result, path = _guarded(go)
+    print_eval(result.to_dict(), path)
+
+
+def print_eval(result: dict[str, Any], path: Path) -> None:
+    s = result["settings"]
+    table = Table(title=f"{s['env']}: {s['policy']} on {len(result['episodes'])} episodes")
+    table.add_column("success rate", justify="right")
+    table.add_column("mean s/plan", justify="right")
+    table.add_column("median s/plan", justify="right")
+    mean, median = result["plan_seconds_mean"], result["plan_seconds_median"]
+    table.add_row(
+        f"{100 * result['success_rate']:.1f}%",
+        "-" if mean is None else f"{mean:.3f}",
+        "-" if median is None else f"{median:.3f}",
+    )
+    console.print(table)
+    console.print(f"results: {path}\nGIFs: {path.with_suffix('')}/")
+
+
+@app.command()
+def config(
+    overrides: Overrides = None,
+    preset: Preset = "tiny",
+) -> None:
+    """Print the resolved configuration (every field that key=value can set)."""
+    from lewm.config import resolve
+
+    cfg = _guarded(lambda: resolve(preset, overrides))
+    console.print_json(json.dumps(cfg.to_dict()))
+
+
+@app.command()
+def params(
+    overrides: Overrides = None,
+    preset: Preset = "paper",
+) -> None:
+    """Print the per-module parameter counts of a preset's model."""
+    from lewm.config import resolve
+    from lewm.model import LeWM
+
+    cfg = _guarded(lambda: resolve(preset, overrides))
+    counts = LeWM(cfg.model).param_counts()
+    table = Table(title=f"LeWM parameters, preset {preset!r}")
+    table.add_column("module")
+    table.add_column("parameters", justify="right")
+    for module, count in counts.items():
+        table.add_row(module, f"{count:,}")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the dataset and the run.")] = Path("demo"),
+    episodes: Annotated[int, typer.Option(help="Episodes to collect.")] = 3000,
+    eval_episodes: Annotated[int, typer.Option(help="Evaluation pairs per seed.")] = 50,
+    overrides: Overrides = None,
+    seed: Seed = 0,
+    workers: Annotated[int, typer.Option(help="Collection worker processes.")] = 1,
+    device: Device = "auto",
+) -> None:
+    """Collect TwoRoom, train the tiny preset, evaluate; prints a one-screen summary."""
+    from lewm.demo import run_demo
+
+    summary = _guarded(
+        lambda: run_demo(out, episodes, eval_episodes, overrides or [], seed, workers, device)
+    )
+    table = Table(title="lewm demo: TwoRoom, preset tiny")
+    table.add_column("stage")
+    table.add_column("result", justify="right")
+    table.add_column("wall-clock", justify="right")
+    for row in summary["stages"]:
+        table.add_row(row["stage"], row["result"], f"{row['seconds'] / 60:.1f} min")
+    console.print(table)
+    console.print(f"GIFs: {summary['gifs']}\nsummary: {summary['path']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

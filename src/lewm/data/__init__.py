@@ -1,0 +1,17 @@
+"""Episode files, training clips, normalization statistics and data collection."""
+
+from lewm.data.clips import ClipDataset, clip_starts, split_episodes
+from lewm.data.collect import collect
+from lewm.data.normalize import Normalizer
+from lewm.data.store import DataFileError, EpisodeStore, EpisodeWriter
+
+__all__ = [
+    "ClipDataset",
+    "DataFileError",
+    "EpisodeStore",
+    "EpisodeWriter",
+    "Normalizer",
+    "clip_starts",
+    "collect",
+    "split_episodes",
+]

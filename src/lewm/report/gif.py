@@ -1,0 +1,42 @@
+"""Animated GIFs of episodes, for a person to look at: real frame | goal image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lewm.io import atomic_path
+
+
+def side_by_side(*frames: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Concatenate same-height uint8 H×W×3 frames left to right with a grey gap between."""
+    height = frames[0].shape[0]
+    spacer = np.full((height, gap, 3), 128, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for i, frame in enumerate(frames):
+        if i:
+            parts.append(spacer)
+        parts.append(frame)
+    return np.concatenate(parts, axis=1)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10, scale: int = 0) -> Path:
+    """Write frames as a looping GIF; small frames are enlarged (nearest) to ~256 px high."""
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    height = frames[0].shape[0]
+    scale = scale or max(1, 256 // height)
+    images = [
+        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
+        for f in frames
+    ]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:],
+            duration=int(1000 / fps), loop=0,
+        )
+    return path

@@ -1,0 +1,191 @@
+"""The engineering of training: run folder, data loaders, Lightning trainer, resume, and the
+final export of a self-describing checkpoint.
+
+A run is a folder. Re-running the same command resumes from ``checkpoints/last.ckpt``; a
+finished run only re-exports. After training, BatchNorm running statistics are re-estimated
+on training clips, because with momentum 0.1 they lag far behind the weights in short runs
+and make eval-mode embeddings (the ones planning uses) worse than the training ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lewm.checkpoint import CONFIG, save_checkpoint
+from lewm.config import ConfigError, RunConfig
+from lewm.data import ClipDataset, EpisodeStore, Normalizer, split_episodes
+from lewm.device import resolve_device
+from lewm.envs import get_env_spec
+from lewm.io import atomic_write_text
+from lewm.model import recalibrate_batchnorm
+from lewm.train.module import LeWMModule, copy_last_error
+
+SUMMARY = "train_summary.json"
+
+
+def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
+    """Fill the fields the data decides (env, action width) and check the ones it constrains."""
+    if store.env_name is not None:
+        cfg.env = store.env_name
+    spec = get_env_spec(cfg.env)
+    cfg.model.action_dim = store.action_dim
+    cfg.model.frameskip = spec.frameskip
+    if store.image_size != cfg.model.image_size:
+        raise ConfigError(
+            f"{store.path}: images are {store.image_size}x{store.image_size} but preset "
+            f"{cfg.preset!r} expects {cfg.model.image_size}x{cfg.model.image_size}; collect with "
+            f"--resolution {cfg.model.image_size} or override model.image_size={store.image_size}"
+        )
+    return cfg
+
+
+def _check_same_model(run_dir: Path, cfg: RunConfig) -> None:
+    saved_path = run_dir / CONFIG
+    if not saved_path.is_file():
+        return
+    saved = RunConfig.load(saved_path)
+    if dataclasses.asdict(saved.model) != dataclasses.asdict(cfg.model):
+        raise ConfigError(
+            f"{saved_path}: this run folder holds a model with a different configuration; "
+            "use a new --out folder (or the same preset and overrides to resume)"
+        )
+
+
+def _loaders(
+    cfg: RunConfig, store: EpisodeStore, norm: Normalizer
+) -> tuple[DataLoader, DataLoader]:
+    train_eps, val_eps = split_episodes(store.num_episodes, cfg.data.val_fraction, cfg.seed)
+    m = cfg.model
+
+    def loader(episodes: Any, shuffle: bool, seed: int, limit: int = 0) -> DataLoader:
+        dataset: Dataset = ClipDataset(store, episodes, m.num_steps, m.frameskip, norm)
+        if len(dataset) < cfg.train.batch_size:
+            raise ConfigError(
+                f"{store.path}: only {len(dataset)} clips of {m.num_steps} frames x frameskip "
+                f"{m.frameskip} in this split, fewer than one batch of {cfg.train.batch_size}; "
+                "collect more or longer episodes, or lower train.batch_size"
+            )
+        if limit and len(dataset) > limit:
+            picked = np.random.default_rng(seed).choice(len(dataset), limit, replace=False)
+            dataset = Subset(dataset, np.sort(picked).tolist())
+        return DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            shuffle=shuffle,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            persistent_workers=cfg.data.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    # Validation always scores the same fixed sample of held-out clips, so its curve moves
+    # only when the model does.
+    val_clips = cfg.train.val_batches * cfg.train.batch_size
+    return loader(train_eps, True, cfg.seed), loader(val_eps, False, cfg.seed + 1, val_clips)
+
+
+def _batches(loader: DataLoader, n: int, device: torch.device) -> Iterator[tuple[Any, Any]]:
+    for batch in itertools.islice(loader, n):
+        yield batch["pixels"].to(device), batch["action"].to(device)
+
+
+@torch.no_grad()
+def heldout_errors(module: LeWMModule, loader: DataLoader, n: int, device: torch.device) -> dict:
+    """Eval-mode 1-step prediction error on held-out clips, next to copy-last-embedding."""
+    model = module.model.eval()
+    m = model.cfg
+    pred, copy = [], []
+    for pixels, action in _batches(loader, n, device):
+        z = model.encode(pixels)
+        ẑ = model.predict(z[:, : m.history], action[:, : m.history])
+        target = z[:, m.num_preds : m.num_preds + m.history]
+        pred.append(torch.mean((ẑ - target) ** 2).item())
+        copy.append(copy_last_error(z, m.history, m.num_preds).item())
+    return {"pred_mse": sum(pred) / len(pred), "copy_last_mse": sum(copy) / len(copy)}
+
+
+def train(
+    data: str | Path,
+    run_dir: str | Path,
+    cfg: RunConfig,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) a run and export its checkpoint; returns the training summary."""
+    run_dir = Path(run_dir)
+    store = EpisodeStore(data, cache=cfg.data.cache)
+    cfg = prepare_config(cfg, store)
+    cfg.data.path = str(Path(data).resolve())
+    _check_same_model(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch_device = resolve_device(device)
+
+    norm = Normalizer.fit(store, ("action",))
+    train_loader, val_loader = _loaders(cfg, store, norm)
+    module = LeWMModule(cfg)
+    t = cfg.train
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    trainer = pl.Trainer(
+        accelerator=torch_device.type,
+        devices=1,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_time={"minutes": t.max_minutes} if t.max_minutes > 0 else None,
+        gradient_clip_val=t.grad_clip,
+        val_check_interval=t.val_every,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        logger=[
+            CSVLogger(run_dir, name="logs"),
+            TensorBoardLogger(run_dir, name="tb", version=0),
+        ],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=ckpt_dir, filename="last", every_n_train_steps=t.ckpt_every,
+                save_top_k=1, enable_version_counter=False,
+            )
+        ],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
+    trainer.save_checkpoint(last)
+    train_seconds = time.perf_counter() - start
+
+    module.to(torch_device)
+    before = heldout_errors(module, val_loader, t.val_batches, torch_device)
+    recalibrate_batchnorm(module.model, _batches(train_loader, t.bn_recalib_batches, torch_device))
+    after = heldout_errors(module, val_loader, t.val_batches, torch_device)
+    save_checkpoint(run_dir, module.model.cpu(), cfg, norm)
+    steps_now = trainer.global_step - module.first_step
+    summary = {
+        "steps": int(trainer.global_step),
+        "steps_this_call": int(steps_now),
+        "train_seconds_this_call": train_seconds,
+        "frames_per_second": steps_now * t.batch_size * cfg.model.num_steps
+        / max(train_seconds, 1e-9),
+        "heldout_before_bn_recalibration": before,
+        "heldout_after_bn_recalibration": after,
+    }
+    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
+    return summary

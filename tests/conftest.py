@@ -1,0 +1,41 @@
+"""Fixtures shared by the end-to-end and CLI tests: one small dataset made once a session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lewm.data import collect
+
+# A model small enough to train a few steps in seconds on two CPU cores; every field a
+# preset has is still exercised.
+SMALL_MODEL = [
+    "model.patch_size=16",
+    "model.enc_dim=32",
+    "model.enc_depth=1",
+    "model.enc_heads=2",
+    "model.enc_mlp=64",
+    "model.embed_dim=32",
+    "model.proj_hidden=64",
+    "model.pred_depth=1",
+    "model.pred_heads=2",
+    "model.pred_dim_head=16",
+    "model.pred_mlp=64",
+    "model.action_hidden=32",
+    "model.sigreg_projections=64",
+    "train.batch_size=8",
+    "train.log_every=1",
+    "train.val_every=2",
+    "train.val_batches=1",
+    "train.ckpt_every=2",
+    "train.bn_recalib_batches=2",
+    "train.precision=32-true",
+]
+
+
+@pytest.fixture(scope="session")
+def tworoom_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "tworoom.h5"
+    collect("tworoom", 12, path, resolution=64, seed=0, workers=1, progress=False)
+    return path

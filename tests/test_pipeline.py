@@ -1,0 +1,128 @@
+"""End to end: collect -> train -> resume -> evaluate, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_MODEL
+from typer.testing import CliRunner
+
+from lewm.checkpoint import CheckpointError, load_checkpoint
+from lewm.cli import app
+from lewm.config import resolve
+from lewm.train.fit import train
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tworoom_file):
+    run = tmp_path_factory.mktemp("run")
+    cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 4})
+    summary = train(tworoom_file, run, cfg, device="cpu", progress=False)
+    assert summary["steps"] == 4
+    return run
+
+
+def test_run_folder_is_self_describing(trained_run):
+    for name in ("model.safetensors", "config.json", "normalizer.json", "train_summary.json",
+                 "checkpoints/last.ckpt", "logs/version_0/metrics.csv"):
+        assert (trained_run / name).is_file(), name
+    metrics = (trained_run / "logs/version_0/metrics.csv").read_text()
+    for column in ("train/pred_loss", "train/sigreg", "train/emb_rank", "val/copy_last"):
+        assert column in metrics
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(trained_run, tworoom_file):
+    a = load_checkpoint(trained_run).model
+    b = load_checkpoint(trained_run).model
+    pixels = torch.randint(0, 255, (2, 1, 3, 64, 64), dtype=torch.uint8)
+    blocks = torch.randn(2, 5, a.cfg.block_dim)
+    with torch.no_grad():
+        za, zb = a.encode(pixels), b.encode(pixels)
+        assert torch.equal(za, zb)
+        assert torch.equal(a.rollout(za, blocks), b.rollout(zb, blocks))
+
+
+def test_rerun_resumes_and_continues_step_count(tmp_path, tworoom_file):
+    cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 2})
+    train(tworoom_file, tmp_path, cfg, device="cpu", progress=False)
+    cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 4})
+    summary = train(tworoom_file, tmp_path, cfg, device="cpu", progress=False)
+    assert summary["steps"] == 4
+    assert summary["steps_this_call"] == 2
+
+
+def test_resume_with_other_model_config_is_refused(tmp_path, tworoom_file):
+    train(tworoom_file, tmp_path, resolve("tiny", SMALL_MODEL, {"train.max_steps": 1}),
+          device="cpu", progress=False)
+    other = resolve("tiny", [*SMALL_MODEL, "model.pred_depth=2"], {"train.max_steps": 1})
+    with pytest.raises(ValueError, match="different configuration"):
+        train(tworoom_file, tmp_path, other, device="cpu", progress=False)
+
+
+def test_cli_eval_writes_results_and_gifs(trained_run, tworoom_file):
+    result = runner.invoke(app, [
+        "eval", str(trained_run), "--data", str(tworoom_file), "--episodes", "2", "--seed", "3",
+        "--device", "cpu", "--no-progress", "plan.samples=16", "plan.elites=4",
+        "plan.iterations=2",
+    ])
+    assert result.exit_code == 0, result.output
+    out = json.loads((trained_run / "eval" / "cem_seed3.json").read_text())
+    assert 0.0 <= out["success_rate"] <= 1.0
+    assert len(out["episodes"]) == 2
+    assert out["plan_seconds_mean"] > 0
+    assert all(1 <= e["plans"] <= 2 for e in out["episodes"])
+    gifs = list((trained_run / "eval" / "cem_seed3").glob("*.gif"))
+    assert len(gifs) == 2
+
+
+def test_eval_is_deterministic_for_a_seed(trained_run, tworoom_file):
+    args = ["eval", str(trained_run), "--data", str(tworoom_file), "--episodes", "2",
+            "--device", "cpu", "--no-progress", "--policy", "random"]
+    names = []
+    for name in ("r1", "r2"):
+        assert runner.invoke(app, [*args, "--name", name]).exit_code == 0
+        names.append(json.loads((trained_run / "eval" / f"{name}.json").read_text()))
+    assert names[0]["episodes"] == names[1]["episodes"]
+
+
+def test_eval_refuses_data_of_another_resolution(trained_run, tmp_path):
+    from lewm.data import collect
+
+    other = tmp_path / "small.h5"
+    collect("tworoom", 3, other, resolution=32, seed=0, progress=False)
+    result = runner.invoke(app, ["eval", str(trained_run), "--data", str(other),
+                                 "--episodes", "1", "--no-progress"])
+    assert result.exit_code == 2
+    assert "64x64" in result.output and "32x32" in result.output
+
+
+def test_missing_checkpoint_file_is_named(trained_run, tmp_path):
+    (tmp_path / "config.json").write_text((trained_run / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+        load_checkpoint(tmp_path)
+
+
+def test_corrupt_weights_are_reported(trained_run, tmp_path):
+    for name in ("config.json", "normalizer.json"):
+        (tmp_path / name).write_text((trained_run / name).read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(tmp_path)
+
+
+def test_planned_actions_are_in_raw_units(trained_run):
+    from lewm.config import PlanConfig
+    from lewm.plan.mpc import MPCPlanner
+
+    ckpt = load_checkpoint(trained_run)
+    planner = MPCPlanner(ckpt.model, ckpt.normalizer, PlanConfig(samples=8, elites=2,
+                         iterations=1), 5, 2, torch.device("cpu"), seed=0)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    actions = planner.plan(frame, frame)
+    assert actions.shape == (25, 2) and actions.dtype == np.float32
