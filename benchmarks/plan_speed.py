@@ -48,7 +48,8 @@ def main() -> None:
                "horizon": cfg.plan.horizon, "seconds_per_plan_median": statistics.median(seconds),
                "seconds_per_plan": seconds}
         rows.append(row)
-        print(f"{name:6s} {row['seconds_per_plan_median']:.3f} s per plan (median of {len(seconds)})")
+        median = row["seconds_per_plan_median"]
+        print(f"{name:6s} {median:.3f} s per plan (median of {len(seconds)})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
 

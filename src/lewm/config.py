@@ -160,7 +160,7 @@ def _tiny() -> RunConfig:
             action_hidden=512,
         ),
         train=TrainConfig(
-            max_steps=1500,
+            max_steps=1000,
             max_minutes=0.0,
             batch_size=64,
             lr=1e-3,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lewm.config import resolve
+from lewm.config import EvalConfig, resolve
 from lewm.data import collect
 from lewm.io import atomic_write_text
 from lewm.plan.evaluate import evaluate_run
@@ -54,8 +54,6 @@ def run_demo(
     evals = {}
     for policy, eval_seed in (("cem", 42), ("cem", 43), ("random", 42)):
         start = time.perf_counter()
-        from lewm.config import EvalConfig
-
         result, _ = evaluate_run(
             run_dir, data, EvalConfig(episodes=eval_episodes), None, policy, eval_seed, device
         )

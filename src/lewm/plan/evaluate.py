@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from rich.progress import Progress
 
-from lewm.config import EvalConfig
-from lewm.data import EpisodeStore
+from lewm.checkpoint import CheckpointError, load_checkpoint
+from lewm.config import EvalConfig, apply_overrides
+from lewm.data import EpisodeStore, split_episodes
+from lewm.device import resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text
+from lewm.plan.mpc import MPCPlanner
 from lewm.report.gif import save_gif, side_by_side
 
 # (observation, goal) -> a chunk of raw actions to execute, one row per env step.
@@ -30,7 +35,6 @@ class EpisodeOutcome:
     success: bool
     steps: int
     plans: int
-    final_distance: float | None = None
 
 
 @dataclass
@@ -89,8 +93,6 @@ def run_protocol(
     env = spec.make(store.image_size)
     ep_of_row = np.searchsorted(store.ep_offset, starts, side="right") - 1
     outcomes: list[EpisodeOutcome] = []
-    from rich.progress import Progress
-
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("evaluating", total=len(starts))
         for i, (row, ep) in enumerate(zip(starts, ep_of_row, strict=True)):
@@ -102,6 +104,7 @@ def run_protocol(
             })
             observation, goal = pixels[0], pixels[1]
             actor = actor_factory()
+            keep_frames = gif_dir is not None and i < cfg.gifs
             frames = [side_by_side(observation, goal)]
             success, steps, plans = False, 0, 0
             while steps < cfg.budget and not success:
@@ -111,16 +114,13 @@ def run_protocol(
                     _, _, terminated, _, info = env.step(action)
                     steps += 1
                     observation = env.render()
-                    frames.append(side_by_side(observation, goal))
-                    if terminated or info.get("success", False):
+                    if keep_frames:
+                        frames.append(side_by_side(observation, goal))
+                    if terminated or info["success"]:
                         success = True
                         break
-            final = info.get("state") if steps else None
-            distance = (
-                float(np.linalg.norm(np.asarray(final) - state[1])) if final is not None else None
-            )
-            outcomes.append(EpisodeOutcome(i, int(ep), int(row), success, steps, plans, distance))
-            if gif_dir is not None and i < cfg.gifs:
+            outcomes.append(EpisodeOutcome(i, int(ep), int(row), success, steps, plans))
+            if keep_frames:
                 save_gif(frames, gif_dir / f"episode_{i:03d}_{'ok' if success else 'fail'}.gif")
             done = sum(o.success for o in outcomes)
             bar.update(task, advance=1, description=f"evaluating ({done}/{len(outcomes)} reached)")
@@ -148,8 +148,6 @@ SPLITS = ("val", "train", "all")
 
 def split_for_eval(store: EpisodeStore, split: str, val_fraction: float, seed: int) -> np.ndarray:
     """Episodes to draw start states from; ``val`` is the run's own held-out episodes."""
-    from lewm.data import split_episodes
-
     if split == "all":
         return np.arange(store.num_episodes)
     if split not in SPLITS:
@@ -170,13 +168,6 @@ def evaluate_run(
     progress: bool = True,
 ) -> tuple[EvalResult, Path]:
     """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>.json`` and GIFs."""
-    import torch
-
-    from lewm.checkpoint import CheckpointError, load_checkpoint
-    from lewm.config import apply_overrides
-    from lewm.device import resolve_device
-    from lewm.plan.mpc import MPCPlanner
-
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(run_dir, torch_device)
     cfg = ckpt.config

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,22 @@ from lewm.model import recalibrate_batchnorm
 from lewm.train.module import LeWMModule, copy_last_error
 
 SUMMARY = "train_summary.json"
+
+# Lightning messages that say nothing about this run: a product tip, a PyTorch deprecation
+# inside Lightning, and a notice that resuming reuses the run's own checkpoint folder.
+_NOISE = ("litlogger", "LeafSpec", "exists and is not empty")
+warnings.filterwarnings("ignore", message=".*(LeafSpec|exists and is not empty).*")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _NOISE)
+
+
+def _quiet_lightning() -> None:
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
 
 
 def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
@@ -133,6 +151,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    _quiet_lightning()
     torch_device = resolve_device(device)
 
     norm = Normalizer.fit(store, ("action",))
@@ -150,7 +169,6 @@ def train(
         gradient_clip_val=t.grad_clip,
         val_check_interval=t.val_every,
         check_val_every_n_epoch=None,
-        limit_val_batches=t.val_batches,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=[
@@ -169,7 +187,7 @@ def train(
     )
     start = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)
     train_seconds = time.perf_counter() - start
 
     module.to(torch_device)
