@@ -7,13 +7,11 @@ Not a test: prints figures and writes JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import preset_parser, write_rows
 
 from lewm.config import preset
 from lewm.data.normalize import Normalizer
@@ -23,11 +21,8 @@ from lewm.plan.mpc import MPCPlanner
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    parser = preset_parser(__doc__, "plan_speed")
     parser.add_argument("--plans", type=int, default=3)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/plan_speed.json"))
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -50,8 +45,7 @@ def main() -> None:
         rows.append(row)
         median = row["seconds_per_plan_median"]
         print(f"{name:6s} {median:.3f} s per plan (median of {len(seconds)})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ Not a test: prints figures and writes JSON. Synthetic uint8 clips, so no dataset
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
+from common import preset_parser, write_rows
 
 from lewm.config import preset
 from lewm.device import resolve_device
@@ -50,12 +48,9 @@ def step_seconds(name: str, batch: int, precision: str, steps: int, device: torc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    parser = preset_parser(__doc__, "train_speed")
     parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -71,8 +66,7 @@ def main() -> None:
                          "threads": torch.get_num_threads()})
             print(f"{name:6s} {precision:5s} batch {batch:4d} x {frames // batch} frames: "
                   f"{seconds:.3f} s/step, {frames / seconds:8.1f} frames/s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -126,3 +126,17 @@ def test_planned_actions_are_in_raw_units(trained_run):
     frame = np.zeros((64, 64, 3), np.uint8)
     actions = planner.plan(frame, frame)
     assert actions.shape == (25, 2) and actions.dtype == np.float32
+
+
+def test_demo_runs_every_stage_and_summarises(tmp_path):
+    from lewm.demo import run_demo
+
+    fast = [*SMALL_MODEL, "train.max_steps=2", "plan.samples=16", "plan.elites=4",
+            "plan.iterations=2"]
+    summary = run_demo(tmp_path, 12, 2, fast, seed=0, workers=1, device="cpu")
+    stages = [s["stage"] for s in summary["stages"]]
+    assert stages[:2] == ["collect", "train"] and stages[-1] == "total"
+    assert set(summary["success_rates"]) == {"cem_seed42", "cem_seed43", "random_seed42",
+                                             "random_seed43"}
+    assert json.loads((tmp_path / "demo_summary.json").read_text())["stages"] == summary["stages"]
+    assert list((tmp_path / "run" / "eval" / "cem_seed42").glob("*.gif"))

@@ -20,6 +20,10 @@ from lewm.train.fit import train
 RESOLUTION = 64
 
 
+def _stage(name: str, result: str, start: float) -> dict[str, Any]:
+    return {"stage": name, "result": result, "seconds": time.perf_counter() - start}
+
+
 def run_demo(
     out: str | Path,
     episodes: int,
@@ -37,22 +41,22 @@ def run_demo(
     start = time.perf_counter()
     if not data.is_file():
         collect("tworoom", episodes, data, resolution=RESOLUTION, seed=seed, workers=workers)
-    stages.append({"stage": "collect", "result": f"{episodes} episodes",
-                   "seconds": time.perf_counter() - start})
+    stages.append(_stage("collect", f"{episodes} episodes", start))
 
     start = time.perf_counter()
     cfg = resolve("tiny", overrides, {"seed": seed})
     summary = train(data, run_dir, cfg, device=device)
     after = summary["heldout_after_bn_recalibration"]
-    stages.append({
-        "stage": "train",
-        "result": f"{summary['steps']} steps, 1-step MSE {after['pred_mse']:.3f} "
+    stages.append(_stage(
+        "train",
+        f"{summary['steps']} steps, 1-step MSE {after['pred_mse']:.3f} "
         f"(copy-last {after['copy_last_mse']:.3f})",
-        "seconds": time.perf_counter() - start,
-    })
+        start,
+    ))
 
     evals = {}
-    for policy, eval_seed in (("cem", 42), ("cem", 43), ("random", 42)):
+    # Two sets of 50 start/goal pairs, each with the random policy's floor beside it.
+    for policy, eval_seed in (("cem", 42), ("cem", 43), ("random", 42), ("random", 43)):
         start = time.perf_counter()
         result, _ = evaluate_run(
             run_dir, data, EvalConfig(episodes=eval_episodes), None, policy, eval_seed, device
@@ -62,11 +66,11 @@ def run_demo(
         timing = (
             f", {result.plan_seconds_mean:.2f} s/plan" if result.plan_seconds_mean else ""
         )
-        stages.append({
-            "stage": f"eval {policy} (pairs seed {eval_seed})",
-            "result": f"{100 * result.success_rate:.0f}% success{timing}",
-            "seconds": time.perf_counter() - start,
-        })
+        stages.append(_stage(
+            f"eval {policy} (pairs seed {eval_seed})",
+            f"{100 * result.success_rate:.0f}% success{timing}",
+            start,
+        ))
     total = sum(s["seconds"] for s in stages)
     stages.append({"stage": "total", "result": "", "seconds": total})
     path = out / "demo_summary.json"
