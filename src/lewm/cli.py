@@ -212,6 +212,17 @@ def demo(
     console.print(f"GIFs: {summary['gifs']}\nsummary: {summary['path']}")
 
 
+def _register_extensions() -> None:
+    """Commands that live beside their subject (analysis, interop) add themselves here."""
+    from lewm import cli_analysis, cli_interop
+
+    for module in (cli_analysis, cli_interop):
+        module.register(app, console, _guarded)
+
+
+_register_extensions()
+
+
 def main() -> None:
     app()
 
