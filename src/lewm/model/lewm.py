@@ -118,12 +118,7 @@ class LeWM(nn.Module):
                 f"candidate), got {blocks.shape[1]}"
             )
         z = z_ctx.expand(blocks.shape[0], -1, -1) if z_ctx.shape[0] == 1 else z_ctx
-        c = self.embed_actions(blocks)
-        for end in range(h, h + horizon):
-            start = max(0, end - history)
-            out = self.predictor(z[:, start:end], c[:, start:end])[:, -1:]
-            z = torch.cat([z, self.pred_proj(out)], dim=1)
-        return z[:, h:]
+        return self.predictor.rollout(z, self.embed_actions(blocks), horizon, self.pred_proj)
 
     def loss(
         self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None

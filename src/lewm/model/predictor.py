@@ -9,10 +9,16 @@ Submodule names follow the released checkpoint (DATAFORMAT.md §5.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lewm.model.vit import multihead_attention
+
+# A window's cached keys and values at one layer, (B, heads, positions, dim_head) each.
+KV = tuple[Tensor, Tensor] | None
 
 
 class CausalAttention(nn.Module):
@@ -72,6 +78,34 @@ class ConditionalBlock(nn.Module):
         x = x + gate1 * self.attn(modulate(self.norm(x), shift1, scale1))
         return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
 
+    def step(
+        self, x: Tensor, modulation: Tensor, caches: list[KV], keep: list[int]
+    ) -> tuple[Tensor, list[KV]]:
+        """One new token in each of several windows: x (W, B, dim), all at their windows' end.
+
+        ``caches[i]`` holds window i's keys/values of earlier positions (or None). The new
+        token is the last of its window, so it sees every cached key and no mask is needed.
+        Only the rows in ``keep`` go on through the attention output and the MLP: the last
+        layer of a window that is not read out this step needs its keys and values only.
+        """
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
+        wins, batch, _ = x.shape
+        qkv = self.attn.to_qkv(self.attn.norm(modulate(self.norm(x), shift1, scale1)))
+        q, k, v = qkv.view(wins, batch, 1, 3, self.attn.heads, -1).permute(3, 0, 1, 4, 2, 5)
+        grown = [
+            (k[i], v[i]) if cache is None else
+            (torch.cat([cache[0], k[i]], dim=2), torch.cat([cache[1], v[i]], dim=2))
+            for i, cache in enumerate(caches)
+        ]
+        if not keep:
+            return x[:0], grown
+        attended = torch.stack([
+            F.scaled_dot_product_attention(q[i], *grown[i]).transpose(1, 2).reshape(batch, -1)
+            for i in keep
+        ])
+        x = x[keep] + gate1 * self.attn.to_out(attended)
+        return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2)), grown
+
 
 class Predictor(nn.Module):
     """(z, c), both (B, T, dim) with T ≤ history → (B, T, dim); output t predicts frame t + 1.
@@ -115,3 +149,48 @@ class Predictor(nn.Module):
         for layer in self.transformer.layers:
             x = layer(x, c)
         return self.transformer.norm(x)
+
+    def rollout(
+        self, z: Tensor, c: Tensor, horizon: int, readout: Callable[[Tensor], Tensor]
+    ) -> Tensor:
+        """Autoregressive rollout, exactly as re-running ``forward`` on each sliding window,
+        with each window's keys and values computed once.
+
+        Re-indexed positions forbid a plain KV cache: when the window slides, every token
+        moves to a new position and its keys and values change. But a token's states depend
+        only on its own window's earlier tokens (causality), so each window that a step reads
+        out is built incrementally, one token per step, as soon as the token exists; the
+        windows alive at a step each take the same new token, at their own positions, in one
+        batched pass. The action modulation depends only on the token's own block, so it is
+        computed once per token, not once per window.
+
+        z (B, h, dim) real context, c (B, h-1+horizon, dim) action embeddings (token i pairs
+        with c[:, i]); ``readout`` maps a final-norm output to the next token (pred_proj).
+        Returns the ``horizon`` predicted tokens (B, horizon, dim). Eval mode only (no dropout).
+        """
+        if self.training:
+            raise RuntimeError("Predictor.rollout runs in eval mode (dropout off)")
+        h, depth = z.shape[1], len(self.transformer.layers)
+        last = h + horizon - 1
+        needed = sorted({max(0, end - self.history) for end in range(h, last + 1)})
+        caches: dict[int, list[KV]] = {s: [None] * depth for s in needed}
+        tokens = list(z.unbind(1))
+        for t in range(last):
+            windows = [s for s in needed if s <= t < s + self.history]
+            read = max(0, t + 1 - self.history) if t + 1 >= h else None
+            x = torch.stack([tokens[t] + self.pos_embedding[0, t - s] for s in windows])
+            every = list(range(len(windows)))
+            for i, layer in enumerate(self.transformer.layers):
+                final = i == depth - 1
+                keep = ([windows.index(read)] if read is not None else []) if final else every
+                x, grown = layer.step(
+                    x, layer.adaLN_modulation(c[:, t]), [caches[s][i] for s in windows], keep
+                )
+                for s, kv in zip(windows, grown, strict=True):
+                    caches[s][i] = kv
+            for s in windows:
+                if t == s + self.history - 1:
+                    del caches[s]
+            if read is not None:
+                tokens.append(readout(self.transformer.norm(x[0])))
+        return torch.stack(tokens[h:], dim=1)
