@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from lewm.data import EpisodeStore, EpisodeWriter
-from lewm.plan.evaluate import random_actor, sample_start_rows, split_for_eval
+from lewm.plan.evaluate import RandomActor, episode_seed, sample_start_rows, split_for_eval
 
 
 @pytest.fixture()
@@ -51,6 +51,14 @@ def test_eval_splits(store):
         split_for_eval(store, "test", 0.3, 0)
 
 
-def test_random_actor_stays_in_the_action_box():
-    actions = random_actor(2, 25, np.random.default_rng(0))(None, None)
-    assert actions.shape == (25, 2) and actions.min() >= -1 and actions.max() <= 1
+def test_random_actor_stays_in_the_action_box_and_ignores_batching():
+    frames = np.zeros((3, 8, 8, 3), np.uint8)
+    together = RandomActor(2, 25, seed=0)(frames, frames, [0, 1, 2])
+    alone = RandomActor(2, 25, seed=0)(frames[:1], frames[:1], [1])
+    assert together.shape == (3, 25, 2) and together.min() >= -1 and together.max() <= 1
+    np.testing.assert_array_equal(together[1], alone[0])
+
+
+def test_episode_seeds_differ_by_episode_and_seed():
+    assert episode_seed(0, 1) == episode_seed(0, 1)
+    assert len({episode_seed(0, 1), episode_seed(0, 2), episode_seed(1, 1)}) == 3

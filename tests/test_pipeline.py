@@ -83,7 +83,7 @@ def test_cli_eval_writes_results_and_gifs(trained_run, tworoom_file):
 
 def test_eval_is_deterministic_for_a_seed(trained_run, tworoom_file):
     args = ["eval", str(trained_run), "--data", str(tworoom_file), "--episodes", "2",
-            "--device", "cpu", "--no-progress", "--policy", "random"]
+            "--device", "cpu", "--no-progress", "--solver", "random"]
     names = []
     for name in ("r1", "r2"):
         assert runner.invoke(app, [*args, "--name", name]).exit_code == 0
@@ -122,10 +122,14 @@ def test_planned_actions_are_in_raw_units(trained_run):
 
     ckpt = load_checkpoint(trained_run)
     planner = MPCPlanner(ckpt.model, ckpt.normalizer, PlanConfig(samples=8, elites=2,
-                         iterations=1), 5, 2, torch.device("cpu"), seed=0)
-    frame = np.zeros((64, 64, 3), np.uint8)
-    actions = planner.plan(frame, frame)
-    assert actions.shape == (25, 2) and actions.dtype == np.float32
+                         iterations=1), 5, 2, torch.device("cpu"))
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    actions, plans = planner.plan(frames, frames, gens)
+    assert actions.shape == (3, 25, 2) and actions.dtype == np.float32
+    assert plans.shape == (3, 5, 10)
+    expected = ckpt.normalizer.inverse("action", plans.reshape(3, 25, 2).numpy())
+    np.testing.assert_allclose(actions, expected, rtol=1e-6)
 
 
 def test_demo_runs_every_stage_and_summarises(tmp_path):
@@ -140,3 +144,20 @@ def test_demo_runs_every_stage_and_summarises(tmp_path):
                                              "random_seed43"}
     assert json.loads((tmp_path / "demo_summary.json").read_text())["stages"] == summary["stages"]
     assert list((tmp_path / "run" / "eval" / "cem_seed42").glob("*.gif"))
+
+
+def test_batched_planning_equals_planning_each_environment(trained_run):
+    from lewm.config import PlanConfig
+    from lewm.plan.mpc import MPCPlanner
+
+    ckpt = load_checkpoint(trained_run)
+    planner = MPCPlanner(ckpt.model, ckpt.normalizer, PlanConfig(samples=16, elites=4,
+                         iterations=3), 5, 2, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    goals = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    together, _ = planner.plan(obs, goals, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    for i, s in enumerate((5, 6, 7)):
+        alone, _ = planner.plan(obs[i : i + 1], goals[i : i + 1],
+                                [torch.Generator().manual_seed(s)])
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-4)

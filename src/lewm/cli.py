@@ -119,10 +119,15 @@ def evaluate(
     overrides: Overrides = None,
     episodes: Annotated[int, typer.Option(help="Start/goal pairs to evaluate.")] = 50,
     split: Annotated[str, typer.Option(help="Episodes to draw pairs from: val|train|all.")] = "val",
-    policy: Annotated[str, typer.Option(help="cem (plan with the model) or random.")] = "cem",
+    solver: Annotated[
+        str | None,
+        typer.Option(help="cem | icem | mppi | gradient, or random for the no-model floor "
+                     "(default: the run's plan.solver). Tune with plan.* overrides."),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Environments planned together in one call.")] = 10,
     seed: Seed = 42,
     device: Device = "auto",
-    name: Annotated[str | None, typer.Option(help="Result name (default POLICY_seedS).")] = None,
+    name: Annotated[str | None, typer.Option(help="Result name (default SOLVER_seedS).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Goal-reaching evaluation (PROTOCOL.md): success rate and seconds per plan."""
@@ -132,8 +137,8 @@ def evaluate(
     def go() -> Any:
         if episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {episodes}")
-        eval_cfg = dataclasses.replace(EvalConfig(), episodes=episodes, split=split)
-        return evaluate_run(run, data, eval_cfg, overrides, policy, seed, device, name, progress)
+        eval_cfg = dataclasses.replace(EvalConfig(), episodes=episodes, split=split, batch=batch)
+        return evaluate_run(run, data, eval_cfg, overrides, solver, seed, device, name, progress)
 
     result, path = _guarded(go)
     print_eval(result.to_dict(), path)
@@ -141,15 +146,18 @@ def evaluate(
 
 def print_eval(result: dict[str, Any], path: Path) -> None:
     s = result["settings"]
-    table = Table(title=f"{s['env']}: {s['policy']} on {len(result['episodes'])} episodes")
+    table = Table(title=f"{s['env']}: {s['solver']} on {len(result['episodes'])} episodes")
     table.add_column("success rate", justify="right")
-    table.add_column("mean s/plan", justify="right")
-    table.add_column("median s/plan", justify="right")
+    table.add_column("s per plan call (mean / median)", justify="right")
+    table.add_column("envs per call", justify="right")
+    table.add_column("s per env-plan", justify="right")
     mean, median = result["plan_seconds_mean"], result["plan_seconds_median"]
+    per_env, size = result["plan_seconds_per_env"], result["envs_per_call_mean"]
     table.add_row(
         f"{100 * result['success_rate']:.1f}%",
-        "-" if mean is None else f"{mean:.3f}",
-        "-" if median is None else f"{median:.3f}",
+        "-" if mean is None else f"{mean:.3f} / {median:.3f}",
+        "-" if size is None else f"{size:.1f}",
+        "-" if per_env is None else f"{per_env:.3f}",
     )
     console.print(table)
     console.print(f"results: {path}\nGIFs: {path.with_suffix('')}/")

@@ -83,12 +83,25 @@ class TrainConfig:
 
 @dataclass
 class PlanConfig:
+    """Planner settings; the defaults are the paper's CEM (PROTOCOL.md §2).
+
+    ``samples`` is the population of cem/icem/mppi and the number of parallel starts of
+    ``gradient``; ``elites`` is used by cem and icem; the ``icem_``, ``mppi_`` and ``grad_``
+    fields tune only their solver. ``warm_start`` starts each plan from the previous plan's
+    unexecuted tail instead of from zero.
+    """
+
     solver: str = "cem"
     samples: int = 300
     elites: int = 30
     iterations: int = 30
     horizon: int = 5
     receding_horizon: int = 5
+    warm_start: bool = False
+    icem_beta: float = 2.0
+    icem_decay: float = 1.25
+    mppi_temperature: float = 0.1
+    grad_lr: float = 0.1
 
 
 @dataclass
@@ -98,6 +111,7 @@ class EvalConfig:
     budget: int = 50
     split: str = "val"
     gifs: int = 4
+    batch: int = 10
 
 
 @dataclass

@@ -56,18 +56,18 @@ def run_demo(
 
     evals = {}
     # Two sets of 50 start/goal pairs, each with the random policy's floor beside it.
-    for policy, eval_seed in (("cem", 42), ("cem", 43), ("random", 42), ("random", 43)):
+    for solver, eval_seed in (("cem", 42), ("cem", 43), ("random", 42), ("random", 43)):
         start = time.perf_counter()
         result, _ = evaluate_run(
-            run_dir, data, EvalConfig(episodes=eval_episodes), None, policy, eval_seed, device
+            run_dir, data, EvalConfig(episodes=eval_episodes), None, solver, eval_seed, device
         )
-        key = f"{policy}_seed{eval_seed}"
+        key = f"{solver}_seed{eval_seed}"
         evals[key] = result.success_rate
         timing = (
-            f", {result.plan_seconds_mean:.2f} s/plan" if result.plan_seconds_mean else ""
+            f", {result.plan_seconds_per_env:.2f} s/plan" if result.plan_seconds_per_env else ""
         )
         stages.append(_stage(
-            f"eval {policy} (pairs seed {eval_seed})",
+            f"eval {solver} (pairs seed {eval_seed})",
             f"{100 * result.success_rate:.0f}% success{timing}",
             start,
         ))

@@ -21,10 +21,12 @@ from lewm.device import resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text
 from lewm.plan.mpc import MPCPlanner
+from lewm.plan.solvers import SOLVER_NAMES
 from lewm.report.gif import save_gif, side_by_side
 
-# (observation, goal) -> a chunk of raw actions to execute, one row per env step.
-Actor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (observations (N,H,W,3), goals (N,H,W,3), episode indices) -> raw actions (N, steps, A).
+Actor = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
+SPLITS = ("val", "train", "all")
 
 
 @dataclass
@@ -39,10 +41,15 @@ class EpisodeOutcome:
 
 @dataclass
 class EvalResult:
+    """``plan_seconds_*`` time one planning call, which plans ``envs_per_call_mean``
+    environments at once; ``plan_seconds_per_env`` is planning time per environment-plan."""
+
     success_rate: float
     episodes: list[EpisodeOutcome]
-    plan_seconds_mean: float | None
-    plan_seconds_median: float | None
+    plan_seconds_mean: float | None = None
+    plan_seconds_median: float | None = None
+    plan_seconds_per_env: float | None = None
+    envs_per_call_mean: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,6 +57,51 @@ class EvalResult:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """One integer per (evaluation seed, episode), whatever batch the episode runs in."""
+    return int(np.random.SeedSequence((seed, index)).generate_state(1)[0])
+
+
+class PlannerActor:
+    """Plans with a world model; each episode has its own noise generator (so batching does
+    not change the plans) and remembers its last plan (for warm starts)."""
+
+    def __init__(self, planner: MPCPlanner, seed: int) -> None:
+        self.planner = planner
+        self.seed = seed
+        self.generators: dict[int, torch.Generator] = {}
+        self.previous: dict[int, torch.Tensor] = {}
+
+    def __call__(self, observations: np.ndarray, goals: np.ndarray, ids: list[int]) -> np.ndarray:
+        for i in ids:
+            if i not in self.generators:
+                self.generators[i] = torch.Generator().manual_seed(episode_seed(self.seed, i))
+        previous = None
+        if all(i in self.previous for i in ids):
+            previous = torch.stack([self.previous[i] for i in ids])
+        actions, plans = self.planner.plan(
+            observations, goals, [self.generators[i] for i in ids], previous
+        )
+        self.previous.update(zip(ids, plans, strict=True))
+        return actions
+
+
+class RandomActor:
+    """The floor every planner must beat: uniform actions in the env's [-1, 1] box."""
+
+    def __init__(self, action_dim: int, chunk: int, seed: int) -> None:
+        self.shape = (chunk, action_dim)
+        self.seed = seed
+        self.rngs: dict[int, np.random.Generator] = {}
+
+    def __call__(self, observations: np.ndarray, goals: np.ndarray, ids: list[int]) -> np.ndarray:
+        for i in ids:
+            self.rngs.setdefault(i, np.random.default_rng(episode_seed(self.seed, i)))
+        return np.stack(
+            [self.rngs[i].uniform(-1.0, 1.0, size=self.shape).astype(np.float32) for i in ids]
+        )
 
 
 def sample_start_rows(
@@ -76,74 +128,79 @@ def run_protocol(
     store: EpisodeStore,
     env_name: str,
     episodes: np.ndarray,
-    actor_factory: Callable[[], Actor],
+    actor: Actor,
     cfg: EvalConfig,
     seed: int,
     gif_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[float, list[EpisodeOutcome]]:
-    """Run ``cfg.episodes`` goal-reaching episodes; returns (success rate, outcomes)."""
+    """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
+    (one planning call per replanning step for all of them); returns (rate, outcomes)."""
     spec = get_env_spec(env_name)
     if spec.state_key not in store.columns:
         raise ValueError(
             f"{store.path}: column {spec.state_key!r} is needed to reset {env_name} to the "
             f"dataset's start and goal states; the file has {', '.join(store.columns)}"
         )
+    if cfg.batch < 1:
+        raise ValueError(f"eval.batch must be >= 1, got {cfg.batch}")
     starts = sample_start_rows(store, episodes, cfg.goal_offset, cfg.episodes, seed)
-    env = spec.make(store.image_size)
     ep_of_row = np.searchsorted(store.ep_offset, starts, side="right") - 1
+    envs = [spec.make(store.image_size) for _ in range(min(cfg.batch, len(starts)))]
     outcomes: list[EpisodeOutcome] = []
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("evaluating", total=len(starts))
-        for i, (row, ep) in enumerate(zip(starts, ep_of_row, strict=True)):
-            goal_row = row + cfg.goal_offset
-            state = store.read(spec.state_key, np.array([row, goal_row]))
-            pixels = store.read("pixels", np.array([row, goal_row]))
-            env.reset(seed=int(seed * 1_000_003 + i), options={
-                "state": state[0], "goal_state": state[1],
-            })
-            observation, goal = pixels[0], pixels[1]
-            actor = actor_factory()
-            keep_frames = gif_dir is not None and i < cfg.gifs
-            frames = [side_by_side(observation, goal)]
-            success, steps, plans = False, 0, 0
-            while steps < cfg.budget and not success:
-                chunk = actor(observation, goal)
-                plans += 1
-                for action in chunk[: cfg.budget - steps]:
-                    _, _, terminated, _, info = env.step(action)
-                    steps += 1
-                    observation = env.render()
-                    if keep_frames:
-                        frames.append(side_by_side(observation, goal))
-                    if terminated or info["success"]:
-                        success = True
-                        break
-            outcomes.append(EpisodeOutcome(i, int(ep), int(row), success, steps, plans))
-            if keep_frames:
-                save_gif(frames, gif_dir / f"episode_{i:03d}_{'ok' if success else 'fail'}.gif")
+        for first in range(0, len(starts), cfg.batch):
+            ids = list(range(first, min(first + cfg.batch, len(starts))))
+            obs, goal = [], []
+            for env, i in zip(envs, ids, strict=False):
+                rows = np.array([starts[i], starts[i] + cfg.goal_offset])
+                state, pixels = store.read(spec.state_key, rows), store.read("pixels", rows)
+                env.reset(
+                    seed=episode_seed(seed, i), options={"state": state[0], "goal_state": state[1]}
+                )
+                obs.append(pixels[0])
+                goal.append(pixels[1])
+            outcomes += _lockstep(envs, ids, np.stack(obs), np.stack(goal), actor, cfg, gif_dir,
+                                  [int(starts[i]) for i in ids], [int(ep_of_row[i]) for i in ids])
             done = sum(o.success for o in outcomes)
-            bar.update(task, advance=1, description=f"evaluating ({done}/{len(outcomes)} reached)")
+            bar.update(task, advance=len(ids),
+                       description=f"evaluating ({done}/{len(outcomes)} reached)")
     rate = sum(o.success for o in outcomes) / len(outcomes)
     return rate, outcomes
 
 
-def summarise_plan_times(seconds: list[float]) -> tuple[float | None, float | None]:
-    if not seconds:
-        return None, None
-    return statistics.fmean(seconds), statistics.median(seconds)
-
-
-def random_actor(action_dim: int, chunk: int, rng: np.random.Generator) -> Actor:
-    """The floor every planner must beat: uniform actions in the env's [-1, 1] box."""
-
-    def act(observation: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        return rng.uniform(-1.0, 1.0, size=(chunk, action_dim)).astype(np.float32)
-
-    return act
-
-
-SPLITS = ("val", "train", "all")
+def _lockstep(
+    envs: list[Any], ids: list[int], obs: np.ndarray, goal: np.ndarray, actor: Actor,
+    cfg: EvalConfig, gif_dir: Path | None, start_rows: list[int], episodes: list[int],
+) -> list[EpisodeOutcome]:
+    """Episodes ``ids`` from reset to success or budget; a finished environment is frozen
+    and leaves the planning batch."""
+    steps, plans, success = [0] * len(ids), [0] * len(ids), [False] * len(ids)
+    frames = {
+        k: [side_by_side(obs[k], goal[k])]
+        for k, i in enumerate(ids) if gif_dir is not None and i < cfg.gifs
+    }
+    while active := [k for k in range(len(ids)) if not success[k] and steps[k] < cfg.budget]:
+        chunks = actor(obs[active], goal[active], [ids[k] for k in active])
+        for k, chunk in zip(active, chunks, strict=True):
+            plans[k] += 1
+            for action in chunk[: cfg.budget - steps[k]]:
+                _, _, terminated, _, info = envs[k].step(action)
+                steps[k] += 1
+                obs[k] = envs[k].render()
+                if k in frames:
+                    frames[k].append(side_by_side(obs[k], goal[k]))
+                if terminated or info["success"]:
+                    success[k] = True
+                    break
+    for k, kept in frames.items():
+        tag = "ok" if success[k] else "fail"
+        save_gif(kept, gif_dir / f"episode_{ids[k]:03d}_{tag}.gif")
+    return [
+        EpisodeOutcome(i, episodes[k], start_rows[k], success[k], steps[k], plans[k])
+        for k, i in enumerate(ids)
+    ]
 
 
 def split_for_eval(store: EpisodeStore, split: str, val_fraction: float, seed: int) -> np.ndarray:
@@ -161,18 +218,27 @@ def evaluate_run(
     data: str | Path | None = None,
     eval_cfg: EvalConfig | None = None,
     plan_overrides: list[str] | None = None,
-    policy: str = "cem",
+    solver: str | None = None,
     seed: int = 42,
     device: str = "auto",
     name: str | None = None,
     progress: bool = True,
 ) -> tuple[EvalResult, Path]:
-    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>.json`` and GIFs."""
+    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>.json`` and GIFs.
+
+    ``solver`` is one of the planning solvers, or ``random`` for the no-model floor;
+    ``None`` keeps the run's ``plan.solver``.
+    """
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(run_dir, torch_device)
     cfg = ckpt.config
     if plan_overrides:
         apply_overrides(cfg, [o if o.startswith("plan.") else f"plan.{o}" for o in plan_overrides])
+    solver = solver or cfg.plan.solver
+    if solver not in (*SOLVER_NAMES, "random"):
+        raise ValueError(
+            f"unknown solver {solver!r}; choose one of: {', '.join(SOLVER_NAMES)}, random"
+        )
     eval_cfg = eval_cfg or cfg.eval
     data = data or cfg.data.path
     if not data:
@@ -188,40 +254,37 @@ def evaluate_run(
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
     planner: MPCPlanner | None = None
-    if policy == "cem":
-        torch.manual_seed(seed)
-        planner = MPCPlanner(
-            ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim, torch_device, seed
-        )
-        factory: Callable[[], Actor] = lambda: planner.plan  # noqa: E731
-    elif policy == "random":
-        rng = np.random.default_rng(seed)
-        chunk = cfg.plan.receding_horizon * m.frameskip
-        factory = lambda: random_actor(m.action_dim, chunk, rng)  # noqa: E731
+    actor: Actor
+    if solver == "random":
+        actor = RandomActor(m.action_dim, cfg.plan.receding_horizon * m.frameskip, seed)
     else:
-        raise ValueError(f"unknown policy {policy!r}; choose one of: cem, random")
-    name = name or f"{policy}_seed{seed}"
+        cfg.plan.solver = solver
+        planner = MPCPlanner(
+            ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim, torch_device
+        )
+        actor = PlannerActor(planner, seed)
+    name = name or f"{solver}_seed{seed}"
     out_dir = Path(run_dir) / "eval"
     rate, outcomes = run_protocol(
-        store, env_name, episodes, factory, eval_cfg, seed, out_dir / name, progress
+        store, env_name, episodes, actor, eval_cfg, seed, out_dir / name, progress
     )
-    mean, median = summarise_plan_times(planner.plan_seconds if planner else [])
-    result = EvalResult(
-        success_rate=rate,
-        episodes=outcomes,
-        plan_seconds_mean=mean,
-        plan_seconds_median=median,
-        settings={
-            "run": str(Path(run_dir).resolve()),
-            "data": str(store.path),
-            "env": env_name,
-            "policy": policy,
-            "seed": seed,
-            "device": str(torch_device),
-            "eval": asdict(eval_cfg),
-            "plan": asdict(cfg.plan),
-        },
-    )
+    result = EvalResult(success_rate=rate, episodes=outcomes)
+    if planner is not None:
+        calls, sizes = planner.call_seconds, planner.call_sizes
+        result.plan_seconds_mean = statistics.fmean(calls)
+        result.plan_seconds_median = statistics.median(calls)
+        result.plan_seconds_per_env = sum(calls) / sum(sizes)
+        result.envs_per_call_mean = statistics.fmean(sizes)
+    result.settings = {
+        "run": str(Path(run_dir).resolve()),
+        "data": str(store.path),
+        "env": env_name,
+        "solver": solver,
+        "seed": seed,
+        "device": str(torch_device),
+        "eval": asdict(eval_cfg),
+        "plan": asdict(cfg.plan),
+    }
     path = out_dir / f"{name}.json"
     result.save(path)
     return result, path

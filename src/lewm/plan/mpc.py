@@ -1,7 +1,9 @@
 """Model-predictive control: plan in latent space, execute the first blocks, replan.
 
-The planner talks to the world model through three calls only (``encode``, ``rollout`` and
-the goal cost), so any model with that protocol plans here unchanged.
+The planner talks to the world model through two calls (``encode`` and ``rollout``) and the
+goal cost, so any model with that protocol plans here unchanged. One call plans for many
+environments at once (environments × candidates in one rollout), each with its own noise
+generator, so the plans do not depend on how environments are grouped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from lewm.config import PlanConfig
 from lewm.data.normalize import Normalizer
-from lewm.plan.cem import CEM
+from lewm.plan.solvers import make_solver
 
 
 class WorldModel(Protocol):
@@ -28,14 +30,14 @@ def goal_cost(predicted: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
     return ((predicted[..., -1, :] - z_goal) ** 2).sum(dim=-1)
 
 
-def pixels_to_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 H×W×3 frame -> uint8 (1, 1, 3, H, W) tensor, the layout ``encode`` takes."""
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None, None].to(device)
+def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, 3) frames -> uint8 (N, 1, 3, H, W), the layout ``encode`` takes."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[:, None].to(device)
 
 
 class MPCPlanner:
-    """Plans ``horizon`` action blocks with CEM and returns the first ``receding_horizon``
-    of them as raw env actions (inverse z-scored, one row per env step)."""
+    """Plans ``horizon`` action blocks and returns the first ``receding_horizon`` of them as
+    raw env actions (inverse z-scored, one row per env step), for a batch of environments."""
 
     def __init__(
         self,
@@ -45,10 +47,7 @@ class MPCPlanner:
         frameskip: int,
         action_dim: int,
         device: torch.device,
-        seed: int = 0,
     ) -> None:
-        if cfg.solver != "cem":
-            raise ValueError(f"unknown solver {cfg.solver!r}; available: cem")
         if not 1 <= cfg.receding_horizon <= cfg.horizon:
             raise ValueError(
                 f"plan.receding_horizon must be in [1, plan.horizon={cfg.horizon}], "
@@ -60,30 +59,44 @@ class MPCPlanner:
         self.frameskip = frameskip
         self.action_dim = action_dim
         self.device = device
-        self.solver = CEM(cfg.samples, cfg.elites, cfg.iterations)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.plan_seconds: list[float] = []
+        self.solver = make_solver(cfg)
+        self.call_seconds: list[float] = []
+        self.call_sizes: list[int] = []
 
-    @torch.inference_mode()
-    def plan(self, observation: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    def plan(
+        self,
+        observations: np.ndarray,
+        goals: np.ndarray,
+        generators: list[torch.Generator],
+        previous: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Plan for N environments: uint8 (N, H, W, 3) observations and goals.
+
+        Returns raw actions (N, receding_horizon·frameskip, action_dim) and the full z-scored
+        plans (N, horizon, block_dim), which ``previous`` takes back for a warm start.
+        """
         start = time.perf_counter()
-        z_now = self.model.encode(pixels_to_tensor(observation, self.device))[:, 0]
-        z_goal = self.model.encode(pixels_to_tensor(goal, self.device))[:, 0]
+        batch = len(observations)
+        with torch.no_grad():
+            z_now = self.model.encode(frames_to_tensor(observations, self.device))
+            z_goal = self.model.encode(frames_to_tensor(goals, self.device))[:, 0]
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
-            batch, samples = candidates.shape[:2]
-            flat = candidates.flatten(0, 1)
-            z_ctx = z_now.repeat_interleave(samples, dim=0).unsqueeze(1)
-            predicted = self.model.rollout(z_ctx, flat)
-            return goal_cost(predicted, z_goal.repeat_interleave(samples, dim=0)).view(
-                batch, samples
+            samples = candidates.shape[1]
+            predicted = self.model.rollout(
+                z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1)
             )
+            target = z_goal.repeat_interleave(samples, dim=0)
+            return goal_cost(predicted, target).view(batch, samples)
 
-        block_dim = self.frameskip * self.action_dim
-        best = self.solver.solve(
-            cost, (self.cfg.horizon, block_dim), generator=self.generator, device=self.device
-        )[0]
-        steps = best[: self.cfg.receding_horizon].reshape(-1, self.action_dim)
+        shape = (self.cfg.horizon, self.frameskip * self.action_dim)
+        init = None
+        if self.cfg.warm_start and previous is not None:
+            done = self.cfg.receding_horizon
+            init = torch.cat([previous[:, done:], torch.zeros_like(previous[:, :done])], dim=1)
+        plans = self.solver.solve(cost, shape, batch, generators, self.device, init)
+        steps = plans[:, : self.cfg.receding_horizon].reshape(batch, -1, self.action_dim)
         actions = self.normalizer.inverse("action", steps.float().cpu().numpy())
-        self.plan_seconds.append(time.perf_counter() - start)
-        return actions.astype(np.float32)
+        self.call_seconds.append(time.perf_counter() - start)
+        self.call_sizes.append(batch)
+        return actions.astype(np.float32), plans.detach()
