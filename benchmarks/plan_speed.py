@@ -1,50 +1,154 @@
 """Seconds per CEM plan (PROTOCOL.md settings: 300 samples, 30 elites, 30 iterations,
-horizon 5) for each preset, with randomly initialised weights (speed does not depend on them).
+horizon 5) per preset: the naive planner as the reference computes it next to lewm's.
 
-Not a test: prints figures and writes JSON.
+The naive planner (written here, after le-wm's ``JEPA.get_cost``/``rollout``) encodes the
+observation and the goal at every CEM iteration, re-runs the action encoder over the whole
+growing action sequence and the predictor over the whole window at every autoregressive
+step, and applies ``pred_proj`` to every window token. lewm's planner encodes once per plan
+and uses the cached window-prefix rollout. Both run the same CEM with the same seed, so
+their plans can be compared. Also reported: FLOPs per plan of both (counted by
+``torch.utils.flop_counter``), this CPU's matmul throughput, and batched planning.
+
+Weights are random, with the AdaLN modulation woken up (it starts at zero) so that actions
+matter; speed does not depend on the weights.
     python benchmarks/plan_speed.py --presets tiny paper
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 
 import numpy as np
 import torch
 from common import preset_parser, write_rows
+from torch.utils.flop_counter import FlopCounterMode
 
-from lewm.config import preset
+from lewm.config import PlanConfig, preset
 from lewm.data.normalize import Normalizer
 from lewm.device import resolve_device
 from lewm.model import LeWM
-from lewm.plan.mpc import MPCPlanner
+from lewm.plan.mpc import MPCPlanner, frames_to_tensor, goal_cost
+from lewm.plan.solvers import CEM
+
+
+def reference_rollout(model: LeWM, z0: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """le-wm's rollout: everything recomputed at every step. z0 (S, 1, D), blocks (S, H, ·)."""
+    history = model.cfg.history
+    emb, act = z0, blocks[:, :1]
+    for t in range(blocks.shape[1]):
+        act_emb = model.action_encoder(act)
+        pred = model.pred_proj(model.predictor(emb[:, -history:], act_emb[:, -history:]))
+        emb = torch.cat([emb, pred[:, -1:]], dim=1)
+        act = torch.cat([act, blocks[:, t + 1 : t + 2]], dim=1)
+    return emb[:, 1:]
+
+
+def reference_plan(model: LeWM, cfg: PlanConfig, obs: np.ndarray, goal: np.ndarray,
+                   seed: int, device: torch.device) -> torch.Tensor:
+    def cost(candidates: torch.Tensor) -> torch.Tensor:
+        z0 = model.encode(frames_to_tensor(obs[None], device))
+        zg = model.encode(frames_to_tensor(goal[None], device))[:, 0]
+        samples = candidates.shape[1]
+        predicted = reference_rollout(model, z0.expand(samples, -1, -1), candidates[0])
+        return goal_cost(predicted, zg).view(1, samples)
+
+    solver = CEM(cfg.samples, cfg.elites, cfg.iterations)
+    shape = (cfg.horizon, model.cfg.block_dim)
+    with torch.no_grad():
+        return solver.solve(cost, shape, 1, [torch.Generator().manual_seed(seed)], device)
+
+
+def timed(fn, repeats: int) -> tuple[list[float], object]:
+    out, seconds = None, []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        out = fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds[1:], out
+
+
+def flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
     parser = preset_parser(__doc__, "plan_speed")
-    parser.add_argument("--plans", type=int, default=3)
+    parser.add_argument("--plans", type=int, default=2, help="timed plans per method")
+    parser.add_argument("--batch", type=int, default=10, help="environments per batched call")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    torch.manual_seed(0)
+    peak = matmul_gflops(device)
+    print(f"matmul throughput ({device}, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
     rows = []
     for name in args.presets:
         cfg = preset(name)
+        torch.manual_seed(0)
         model = LeWM(cfg.model).to(device).eval()
-        block = cfg.model.action_dim
-        norm = Normalizer(mean={"action": np.zeros(block)}, std={"action": np.ones(block)})
-        planner = MPCPlanner(model, norm, cfg.plan, cfg.model.frameskip, block, device, seed=0)
+        for layer in model.predictor.transformer.layers:
+            torch.nn.init.normal_(layer.adaLN_modulation[1].weight, std=0.02)
+        a = cfg.model.action_dim
+        norm = Normalizer(mean={"action": np.zeros(a)}, std={"action": np.ones(a)})
+        planner = MPCPlanner(model, norm, cfg.plan, cfg.model.frameskip, a, device)
         size = cfg.model.image_size
-        frame = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-        for _ in range(args.plans + 1):
-            planner.plan(frame, frame)
-        seconds = planner.plan_seconds[1:]
-        row = {"preset": name, "device": str(device), "threads": torch.get_num_threads(),
-               "samples": cfg.plan.samples, "iterations": cfg.plan.iterations,
-               "horizon": cfg.plan.horizon, "seconds_per_plan_median": statistics.median(seconds),
-               "seconds_per_plan": seconds}
+        rng = np.random.default_rng(0)
+        obs, goal = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+
+        def fast(batch: int = 1, obs=obs, goal=goal, planner=planner):
+            return planner.plan(np.stack([obs] * batch), np.stack([goal] * batch),
+                                [torch.Generator().manual_seed(0) for _ in range(batch)])[1]
+
+        def naive(model=model, cfg=cfg, obs=obs, goal=goal):
+            return reference_plan(model, cfg.plan, obs, goal, 0, device)
+
+        naive_s, naive_plan = timed(naive, args.plans)
+        fast_s, fast_plan = timed(fast, args.plans)
+        batch_s, _ = timed(lambda fast=fast: fast(args.batch), 1)
+        blocks = torch.randn(cfg.plan.samples, cfg.plan.horizon, cfg.model.block_dim)
+        with torch.no_grad():
+            z0 = model.encode(frames_to_tensor(obs[None], device))
+            gap = (reference_rollout(model, z0.expand(len(blocks), -1, -1), blocks)
+                   - model.rollout(z0, blocks)).abs().max().item()
+        naive_flops, fast_flops = flops(naive), flops(fast)
+        t_naive, t_fast = statistics.median(naive_s), statistics.median(fast_s)
+        row = {
+            "preset": name, "device": str(device), "threads": torch.get_num_threads(),
+            "samples": cfg.plan.samples, "iterations": cfg.plan.iterations,
+            "horizon": cfg.plan.horizon, "history": cfg.model.history,
+            "naive_seconds_per_plan": t_naive, "fast_seconds_per_plan": t_fast,
+            "speedup": t_naive / t_fast,
+            "batched_seconds_per_env_plan": statistics.median(batch_s) / args.batch,
+            "batch": args.batch,
+            "max_abs_embedding_difference": gap,
+            "plans_identical": bool(torch.equal(naive_plan, fast_plan)),
+            "max_abs_plan_difference": (naive_plan - fast_plan).abs().max().item(),
+            "naive_gflop_per_plan": naive_flops / 1e9, "fast_gflop_per_plan": fast_flops / 1e9,
+            "fast_gflops_achieved": fast_flops / 1e9 / t_fast,
+            "matmul_gflops_peak": peak,
+        }
         rows.append(row)
-        median = row["seconds_per_plan_median"]
-        print(f"{name:6s} {median:.3f} s per plan (median of {len(seconds)})")
+        print(f"{name:6s} naive {t_naive:7.3f} s/plan ({row['naive_gflop_per_plan']:.1f} GFLOP)"
+              f" | fast {t_fast:7.3f} s/plan ({row['fast_gflop_per_plan']:.1f} GFLOP,"
+              f" {row['fast_gflops_achieved']:.0f} GFLOP/s = "
+              f"{100 * row['fast_gflops_achieved'] / peak:.0f}% of matmul peak)"
+              f" | speedup {row['speedup']:.2f}x | batched x{args.batch}: "
+              f"{row['batched_seconds_per_env_plan']:.3f} s per env-plan"
+              f" | max |dz| {gap:.1e}, plans identical: {row['plans_identical']}"
+              f" (max diff {row['max_abs_plan_difference']:.1e})")
     write_rows(rows, args.out)
 
 

@@ -259,3 +259,28 @@ def test_pickled_store_reads(tmp_path):
 def test_bad_cache_mode(tmp_path):
     with pytest.raises(ValueError, match="cache='sometimes'"):
         EpisodeStore(write_file(tmp_path / "toy.h5"), cache="sometimes")
+
+
+def test_blosc_without_hdf5plugin_says_what_to_install(tmp_path, monkeypatch):
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    columns = raw_columns()
+    path = tmp_path / "blosc.h5"
+    with h5py.File(path, "w") as f:
+        for name, value in columns.items():
+            extra = hdf5plugin.Blosc(cname="lz4") if name == "pixels" else {}
+            f.create_dataset(name, data=value, **extra)
+    available = h5py.h5z.filter_avail
+    monkeypatch.setattr(h5py.h5z, "filter_avail", lambda code: code != 32001 and available(code))
+    with pytest.raises(DataFileError, match="'pixels'.*32001.*pip install hdf5plugin"):
+        EpisodeStore(path)
+
+
+def test_extra_columns_of_the_current_writer_read_as_stored(tmp_path):
+    columns = raw_columns()
+    columns["terminated"] = np.array([False, False, True, False, True])
+    path = write_raw(tmp_path / "x.h5", columns)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("id", data=["a", "b", "c", "d", "e"], dtype=h5py.string_dtype())
+    with EpisodeStore(path) as store:
+        assert store.read("id", np.array([4, 0])).tolist() == [b"e", b"a"]
+        assert store.read("terminated", slice(None)).sum() == 2

@@ -1,0 +1,169 @@
+"""What an episode file holds and what is wrong with it, before hours are spent training on it.
+
+The official files (DATAFORMAT.md §1–2) differ between writers — episode-index spelling,
+Blosc-compressed chunks, extra columns — and a file that breaks the layout's invariants (one
+NaN action at the end of every episode and nowhere else) trains without error on wrong
+clips. :func:`inspect_dataset` reports the contents and lists every such problem; whether
+lewm can read the file at all is decided by :class:`~lewm.data.EpisodeStore` itself, whose
+refusal is reported as one more problem rather than re-implemented here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from lewm.data.store import EPISODE_COLUMNS, DataFileError, EpisodeStore
+
+# HDF5 filter ids → names people know them by (32001 needs hdf5plugin).
+_FILTER_NAMES = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "blosc"}
+
+
+@dataclass
+class ColumnInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...] | None
+    compression: str
+
+
+@dataclass
+class DatasetReport:
+    path: str
+    env: str | None = None
+    episodes: int = 0
+    rows: int = 0
+    episode_length: tuple[int, float, int] | None = None  # min, mean, max
+    episode_column: str | None = None
+    image_shape: tuple[int, int] | None = None
+    action_dim: int = 0
+    action_mean: list[float] = field(default_factory=list)
+    action_std: list[float] = field(default_factory=list)
+    action_min: list[float] = field(default_factory=list)
+    action_max: list[float] = field(default_factory=list)
+    columns: list[ColumnInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _compression(ds: h5py.Dataset) -> str:
+    plist = ds.id.get_create_plist()
+    names = []
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        names.append(_FILTER_NAMES.get(code, f"filter {code}"))
+    return "+".join(names) or "none"
+
+
+def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
+    """Contents and layout problems of an episode file; raises only if it is no HDF5 file."""
+    path = Path(path)
+    if not path.is_file() or not h5py.is_hdf5(path):
+        raise DataFileError(f"{path}: no such HDF5 file")
+    report = DatasetReport(path=str(path))
+    problems = report.problems
+    with h5py.File(path, "r") as f:
+        env = f.attrs.get("env")
+        report.env = None if env is None else str(env.decode() if isinstance(env, bytes) else env)
+        for name, obj in sorted(f.items()):
+            if isinstance(obj, h5py.Dataset):
+                report.columns.append(
+                    ColumnInfo(name, obj.shape, str(obj.dtype), obj.chunks, _compression(obj))
+                )
+            else:
+                problems.append(
+                    f"group {name!r}: the layout has no groups (the official writer flattens "
+                    f"'/' to '_'); lewm ignores it"
+                )
+        if "ep_len" in f and "ep_offset" in f:
+            ep_len = f["ep_len"][()].astype(np.int64)
+            ep_offset = f["ep_offset"][()].astype(np.int64)
+            report.episodes = int(ep_len.size)
+            if ep_len.size:
+                report.episode_length = (int(ep_len.min()), float(ep_len.mean()), int(ep_len.max()))
+        else:
+            ep_len = ep_offset = None
+        if "pixels" in f:
+            report.rows = int(f["pixels"].shape[0])
+            if f["pixels"].ndim == 4:
+                report.image_shape = (int(f["pixels"].shape[1]), int(f["pixels"].shape[2]))
+        _check_episode_index(f, report, ep_len)
+        if "action" in f and f["action"].ndim == 2 and f["action"].dtype.kind == "f":
+            _action_statistics(f["action"][()], report, ep_len, ep_offset)
+    try:
+        EpisodeStore(path, cache="none").close()
+    except DataFileError as exc:
+        problems.append(f"lewm cannot read it: {exc}")
+    return report
+
+
+def _check_episode_index(f: h5py.File, report: DatasetReport, ep_len: np.ndarray | None) -> None:
+    present = [c for c in EPISODE_COLUMNS if c in f]
+    if not present:
+        report.problems.append(
+            f"no episode index column (expected one of {', '.join(EPISODE_COLUMNS)})"
+        )
+        return
+    report.episode_column = present[0]
+    if len(present) > 1:
+        report.problems.append(f"both {' and '.join(present)} present; lewm uses {present[0]!r}")
+    if ep_len is None or ep_len.sum() != f[present[0]].shape[0]:
+        return  # the row-count mismatch itself is reported by EpisodeStore
+    expected = np.repeat(np.arange(ep_len.size), ep_len)
+    bad = np.flatnonzero(f[present[0]][()] != expected)
+    if bad.size:
+        report.problems.append(
+            f"column {present[0]!r} disagrees with ep_len/ep_offset at {bad.size} rows "
+            f"(first: row {bad[0]})"
+        )
+    if "step_idx" in f and f["step_idx"].shape[0] == expected.size:
+        within = np.arange(expected.size) - np.repeat(np.cumsum(ep_len) - ep_len, ep_len)
+        bad = np.flatnonzero(f["step_idx"][()] != within)
+        if bad.size:
+            report.problems.append(
+                f"column 'step_idx' does not count 0, 1, ... within episodes at {bad.size} "
+                f"rows (first: row {bad[0]})"
+            )
+
+
+def _action_statistics(
+    action: np.ndarray,
+    report: DatasetReport,
+    ep_len: np.ndarray | None,
+    ep_offset: np.ndarray | None,
+) -> None:
+    report.action_dim = int(action.shape[1])
+    nan_row = np.isnan(action).any(axis=1)
+    valid = action[~nan_row].astype(np.float64)
+    if valid.shape[0] >= 2:
+        report.action_mean = valid.mean(axis=0).tolist()
+        report.action_std = valid.std(axis=0, ddof=1).tolist()
+        report.action_min = valid.min(axis=0).tolist()
+        report.action_max = valid.max(axis=0).tolist()
+    if ep_len is None or ep_offset is None or ep_len.sum() != action.shape[0] or not ep_len.size:
+        return
+    last = ep_offset + ep_len - 1
+    if (last < 0).any() or (last >= action.shape[0]).any():
+        return  # broken offsets are reported by EpisodeStore
+    not_nan_last = int((~np.isnan(action[last]).all(axis=1)).sum())
+    if not_nan_last:
+        report.problems.append(
+            f"column 'action': {not_nan_last} of {ep_len.size} episodes lack the NaN last row "
+            "(the layout marks the action after the final observation with NaN)"
+        )
+    elsewhere = nan_row.copy()
+    elsewhere[last] = False
+    if elsewhere.any():
+        report.problems.append(
+            f"column 'action': NaN in {int(elsewhere.sum())} rows that are not an episode's "
+            f"last (first: row {int(np.flatnonzero(elsewhere)[0])}); clips through them "
+            "would train on zeros"
+        )
