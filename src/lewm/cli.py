@@ -42,7 +42,8 @@ def _guarded(fn: Callable[[], T]) -> T:
     """Turn the library's input errors into one clear line and exit code 2, no traceback."""
     try:
         return fn()
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            PermissionError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -58,6 +58,12 @@ def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
     """Fill the fields the data decides (env, action width) and check the ones it constrains."""
     if store.env_name is not None:
         cfg.env = store.env_name
+    else:
+        warnings.warn(
+            f"{store.path} does not name its environment; training for env={cfg.env!r} "
+            "(pass env=NAME to choose another)",
+            stacklevel=2,
+        )
     spec = get_env_spec(cfg.env)
     cfg.model.action_dim = store.action_dim
     cfg.model.frameskip = spec.frameskip
