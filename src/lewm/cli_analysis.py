@@ -1,15 +1,193 @@
-"""The `lewm` commands for analysis; `register` adds them to the main app."""
+"""The `lewm` commands for analysis; `register` adds them to the main app.
+
+Each command loads a checkpoint, runs one library function from ``lewm.analysis``, writes
+its JSON (and plot) under ``RUN_DIR/analysis/`` and prints a table; ``lewm report`` then
+gathers those files into one page.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
+
+from lewm.device import DEVICE_CHOICES
 
 Guard = Callable[[Callable[[], Any]], Any]
+
+Run = Annotated[Path, typer.Argument(help="Run folder with a trained checkpoint.")]
+Data = Annotated[
+    Path | None, typer.Option(help="Episode file (default: the one the run was trained on).")
+]
+Episodes = Annotated[
+    int, typer.Option(help="Held-out episodes to use, drawn at random (0: all of them).")
+]
+Seed = Annotated[int, typer.Option(help="Seed for every random choice; same seed, same result.")]
+Device = Annotated[str, typer.Option(help=f"Compute device: {'|'.join(DEVICE_CHOICES)}.")]
+
+
+def _checkpoint(run: Path, device: str) -> Any:
+    from lewm.checkpoint import load_checkpoint
+    from lewm.device import resolve_device
+
+    return load_checkpoint(run, resolve_device(device))
+
+
+def _store(ckpt: Any, data: Path | None) -> Any:
+    from lewm.data import EpisodeStore
+
+    path = data or ckpt.config.data.path
+    if not path:
+        raise ValueError("the run's config names no data file; pass --data FILE.h5")
+    return EpisodeStore(path, cache="none")
+
+
+def _write(run: Path, name: str, result: dict) -> Path:
+    from lewm.io import atomic_write_text
+
+    path = run / "analysis" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
     """Add this module's commands to `app`; `guarded` turns input errors into one clear line."""
+
+    @app.command()
+    def probe(
+        run: Run,
+        data: Data = None,
+        targets: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated quantities, e.g. agent_pos (default: the env's)."),
+        ] = None,
+        episodes: Episodes = 0,
+        seed: Seed = 0,
+        device: Device = "auto",
+    ) -> None:
+        """Linear and MLP probes of frozen embeddings for physical quantities (vs random init)."""
+        from lewm.analysis.probe import run_probe
+
+        def go() -> tuple[dict, Path]:
+            ckpt = _checkpoint(run, device)
+            names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+            result = run_probe(ckpt, _store(ckpt, data), names, seed, episodes)
+            return result, _write(run, "probe.json", result)
+
+        result, path = guarded(go)
+        table = Table(title=f"probes on {result['samples']['test']} held-out frames "
+                            "(MSE on standardized targets ± std (Pearson r))")
+        for column in ("quantity", "encoder", "linear", "MLP"):
+            table.add_column(column)
+        for name, t in result["targets"].items():
+            for enc in ("trained", "random_init"):
+                table.add_row(name, enc, *(
+                    f"{s['mse']:.3f}±{s['mse_std']:.3f} ({s['r']:.3f})"
+                    for s in (t[enc]["linear"], t[enc]["mlp"])
+                ))
+        console.print(table)
+        console.print(f"results: {path}")
+
+    @app.command()
+    def surprise(
+        run: Run,
+        env: Annotated[
+            str | None, typer.Option(help="Environment (default: the run's; must match it).")
+        ] = None,
+        perturb: Annotated[str, typer.Option(help="teleport or color.")] = "teleport",
+        trajectories: Annotated[int, typer.Option(help="Paired rollouts.")] = 20,
+        steps: Annotated[int, typer.Option(help="Model steps per rollout.")] = 12,
+        at: Annotated[
+            int | None, typer.Option(help="Step whose frame is perturbed (default: steps // 2).")
+        ] = None,
+        seed: Seed = 0,
+        device: Device = "auto",
+    ) -> None:
+        """Violation of expectation: surprise of perturbed vs clean rollouts, paired t-test."""
+        from lewm.analysis.surprise import run_surprise
+        from lewm.report.plots import plot_surprise
+
+        def go() -> tuple[dict, Path, Path]:
+            ckpt = _checkpoint(run, device)
+            if env is not None and env != ckpt.config.env:
+                raise ValueError(f"--env {env!r}, but {run} was trained on {ckpt.config.env!r}")
+            result = run_surprise(ckpt, perturb, trajectories, steps, at, seed)
+            path = _write(run, f"surprise_{perturb}.json", result)
+            return result, path, plot_surprise(result, path.with_suffix(".png"))
+
+        result, path, png = guarded(go)
+        mean, k = result["mean"], result["at"] - result["t"][0]
+        test = result["test"]
+        table = Table(title=f"{result['env']}: {perturb} at step {result['at']}, "
+                            f"{result['trajectories']} paired rollouts")
+        for column in ("clean surprise", "perturbed surprise", "t", "p (one-sided)"):
+            table.add_column(column, justify="right")
+        table.add_row(f"{mean['clean'][k]:.3f}", f"{mean['perturbed'][k]:.3f}",
+                      f"{test['t']:.2f}", f"{test['p']:.2g}")
+        console.print(table)
+        console.print(f"results: {path}\nplot: {png}")
+
+    @app.command()
+    def straightness(
+        run: Run,
+        data: Data = None,
+        episodes: Episodes = 0,
+        seed: Seed = 0,
+        device: Device = "auto",
+    ) -> None:
+        """Temporal straightness of held-out latent trajectories, trained vs random init."""
+        from lewm.analysis.straightness import run_straightness
+
+        def go() -> tuple[dict, Path]:
+            ckpt = _checkpoint(run, device)
+            result = run_straightness(ckpt, _store(ckpt, data), episodes, seed)
+            return result, _write(run, "straightness.json", result)
+
+        result, path = guarded(go)
+        table = Table(title=f"straightness on {result['episodes']} held-out episodes")
+        table.add_column("random init", justify="right")
+        table.add_column("trained", justify="right")
+        table.add_row(f"{result['random_init']:.3f}", f"{result['trained']:.3f}")
+        console.print(table)
+        console.print(f"results: {path}")
+
+    @app.command(name="rollout-error")
+    def rollout_error(
+        run: Run,
+        data: Data = None,
+        horizon: Annotated[int, typer.Option(help="Longest imagined horizon (model steps).")] = 5,
+        episodes: Episodes = 0,
+        seed: Seed = 0,
+        device: Device = "auto",
+    ) -> None:
+        """Open-loop latent rollout error vs horizon, next to copying the last embedding."""
+        from lewm.analysis.rollout_error import run_rollout_error
+
+        def go() -> tuple[dict, Path]:
+            ckpt = _checkpoint(run, device)
+            result = run_rollout_error(ckpt, _store(ckpt, data), horizon, episodes, seed)
+            return result, _write(run, "rollout_error.json", result)
+
+        result, path = guarded(go)
+        table = Table(title=f"rollout error on {result['starts']} starts "
+                            f"({result['episodes']} held-out episodes)")
+        for column in ("horizon", "LeWM latent MSE", "copy-last MSE"):
+            table.add_column(column, justify="right")
+        for h, m, c in zip(result["horizons"], result["model"], result["copy_last"], strict=True):
+            table.add_row(str(h), f"{m:.4f}", f"{c:.4f}")
+        console.print(table)
+        console.print(f"results: {path}")
+
+    @app.command()
+    def report(run: Run) -> None:
+        """Gather a run's training curves, evaluation and analyses into report.md/.html."""
+        from lewm.report.summary import build_report
+
+        paths = guarded(lambda: build_report(run))
+        console.print(f"report: {paths['markdown']}\nHTML: {paths['html']}")

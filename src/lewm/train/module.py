@@ -4,13 +4,21 @@ and the diagnostics that show collapse or lagging BatchNorm at a glance."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from lewm.analysis.embed import frame_rows, heldout_episodes, pixels_tensor
+from lewm.analysis.straightness import straightness
 from lewm.config import RunConfig
+from lewm.data import EpisodeStore
 from lewm.model import LeWM, batch_statistics, effective_rank, embedding_std
+
+# Held-out episodes whose whole trajectories are embedded at each validation for
+# val/straightness: a couple of hundred frames, cheap next to the validation clips.
+STRAIGHTNESS_EPISODES = 8
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -38,6 +46,7 @@ class LeWMModule(pl.LightningModule):
         self.cfg = cfg
         self.model = LeWM(cfg.model)
         self.first_step = 0
+        self._straight_frames: list[torch.Tensor] | None = None
 
     def on_train_start(self) -> None:
         self.first_step = self.global_step
@@ -77,6 +86,34 @@ class LeWMModule(pl.LightningModule):
             on_step=False,
             on_epoch=True,
         )
+
+    def on_validation_epoch_end(self) -> None:
+        """Log val/straightness on whole held-out episodes, one frame per frameskip.
+
+        Clips are too short (history + 1 frames) to have two consecutive velocities, so a
+        few validation episodes are read once from the run's data file and embedded whole.
+        """
+        frames = self._straightness_frames()
+        if not frames:
+            return
+        with batch_statistics(self.model), torch.no_grad():
+            z = self.model.encode(torch.cat(frames).to(self.device)).float()
+        trajectories = z.split([f.shape[0] for f in frames])
+        self.log("val/straightness", straightness(trajectories), on_step=False, on_epoch=True)
+
+    def _straightness_frames(self) -> list[torch.Tensor]:
+        if self._straight_frames is None:
+            self._straight_frames = []
+            path = self.cfg.data.path
+            if path and Path(path).is_file():
+                with EpisodeStore(path, cache="none") as store:
+                    for episode in heldout_episodes(self.cfg, store)[:STRAIGHTNESS_EPISODES]:
+                        rows = frame_rows(store, int(episode), self.cfg.model.frameskip)
+                        if rows.size >= 3:
+                            self._straight_frames.append(
+                                pixels_tensor(store.read("pixels", rows))
+                            )
+        return self._straight_frames
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own union type
         t = self.cfg.train

@@ -1,0 +1,244 @@
+"""One readable page per run: ``RUN_DIR/report.md`` (and ``report.html``) with PNG plots.
+
+It gathers whatever the run folder holds (training logs, evaluation JSON, analysis JSON,
+GIFs) and says what is missing instead of failing, so it can be run at any stage. It only
+reads plain result files, never a model, so a report is cheap to regenerate.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lewm.io import atomic_write_text
+from lewm.report.plots import plot_curves, plot_rollout_error, plot_surprise
+
+PLOTS = "report_files"
+# Training metrics worth a panel, in reading order; others in the log are ignored.
+CURVES = (
+    "train/pred_loss", "train/sigreg", "train/emb_rank", "val/pred_loss", "val/copy_last",
+    "val/straightness",
+)
+GIFS_PER_FOLDER = 2
+
+
+@dataclass
+class Page:
+    """A tiny document model, so Markdown and HTML come from the same content."""
+
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, text: str) -> None:
+        self.blocks.append(("h", text))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        self.blocks.append(("table", (list(header), [list(r) for r in rows])))
+
+    def image(self, path: str, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append(f"## {value}" if out else f"# {value}")
+            elif kind == "p":
+                out.append(value)
+            elif kind == "table":
+                header, rows = value
+                lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                lines += ["| " + " | ".join(r) + " |" for r in rows]
+                out.append("\n".join(lines))
+            else:
+                out.append(f"![{value[1]}]({value[0]})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                tag = "h2" if out else "h1"
+                out.append(f"<{tag}>{html.escape(value)}</{tag}>")
+            elif kind == "p":
+                out.append(f"<p>{html.escape(value)}</p>")
+            elif kind == "table":
+                header, rows = value
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                    for r in rows
+                )
+                out.append(f"<table><tr>{head}</tr>{body}</table>")
+            else:
+                src, alt = (html.escape(v, quote=True) for v in value)
+                out.append(f'<img src="{src}" alt="{alt}">')
+        style = ("body{font-family:sans-serif;max-width:60em;margin:auto}"
+                 "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+                 "img{max-width:100%}")
+        return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
+                f"</head><body>{''.join(out)}</body></html>\n")
+
+
+def read_metrics(run_dir: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Every logged (step, value) per metric, merged over ``logs/version_*`` (one per resume)."""
+    series: dict[str, dict[float, float]] = {}
+    for path in sorted(run_dir.glob("logs/version_*/metrics.csv")):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                step = float(row.get("step") or 0)
+                for name, value in row.items():
+                    if name in CURVES and value not in (None, ""):
+                        series.setdefault(name, {})[step] = float(value)
+    return {
+        name: (sorted(points), [points[s] for s in sorted(points)])
+        for name in CURVES
+        if (points := series.get(name))
+    }
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _probe_cell(s: dict) -> str:
+    return f"{s['mse']:.3f}±{s['mse_std']:.3f} ({s['r']:.3f})"
+
+
+def build_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write report.md, report.html and their plots; returns the paths written."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run folder")
+    plots = run / PLOTS
+    page = Page()
+    config = _load(run / "config.json") or {}
+    page.heading(f"LeWM run report: {run.name}")
+    page.text(f"Environment {config.get('env', '?')}, preset {config.get('preset', '?')}, "
+              f"data {config.get('data', {}).get('path', '?')}.")
+    _training(page, run, plots)
+    _evaluation(page, run)
+    _probe(page, run)
+    _surprise(page, run, plots)
+    _straightness(page, run)
+    _rollouts(page, run, plots)
+    _gifs(page, run)
+    paths = {"markdown": run / "report.md", "html": run / "report.html"}
+    atomic_write_text(paths["markdown"], page.markdown())
+    atomic_write_text(paths["html"], page.html())
+    return paths
+
+
+def _missing(page: Page, what: str, command: str) -> None:
+    page.text(f"No {what} in this run yet (`{command}` makes it).")
+
+
+def _training(page: Page, run: Path, plots: Path) -> None:
+    page.heading("Training")
+    curves = read_metrics(run)
+    if not curves:
+        _missing(page, "training logs", "lewm train")
+        return
+    plot_curves(curves, plots / "training.png")
+    page.image(f"{PLOTS}/training.png", "training curves")
+    page.table(["metric", "first", "last"], [
+        [name, _fmt(values[0], 4), _fmt(values[-1], 4)] for name, (_, values) in curves.items()
+    ])
+
+
+def _evaluation(page: Page, run: Path) -> None:
+    page.heading("Evaluation")
+    rows = []
+    for path in sorted(run.glob("eval/*.json")):
+        r = _load(path)
+        if r and "success_rate" in r:
+            n = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
+            rows.append([path.stem, f"{100 * r['success_rate']:.1f}%", str(n),
+                         _fmt(r.get("plan_seconds_mean"))])
+    if not rows:
+        _missing(page, "evaluation results", "lewm eval RUN")
+        return
+    page.table(["result", "success rate", "episodes", "mean s/plan"], rows)
+
+
+def _probe(page: Page, run: Path) -> None:
+    page.heading("Probing (frozen embeddings)")
+    r = _load(run / "analysis" / "probe.json")
+    if not r:
+        _missing(page, "probe results", "lewm probe RUN")
+        return
+    page.text(f"Held-out episodes: {r['episodes']['train']} to fit, {r['episodes']['test']} to "
+              "score. Cells: MSE on standardized targets ± std over samples (Pearson r).")
+    page.table(["quantity", "encoder", "linear", "MLP"], [
+        [name, enc, _probe_cell(t[enc]["linear"]), _probe_cell(t[enc]["mlp"])]
+        for name, t in r["targets"].items() for enc in ("trained", "random_init")
+    ])
+
+
+def _surprise(page: Page, run: Path, plots: Path) -> None:
+    page.heading("Violation of expectation (surprise)")
+    results = [r for p in sorted(run.glob("analysis/surprise_*.json")) if (r := _load(p))]
+    if not results:
+        _missing(page, "surprise results", "lewm surprise RUN --perturb teleport")
+        return
+    page.table(["perturbation", "trajectories", "step", "mean Δ surprise", "t", "p (one-sided)"], [
+        [r["perturbation"], str(r["trajectories"]), str(r["at"]), _fmt(r["test"]["mean_diff"]),
+         _fmt(r["test"]["t"], 2), f"{r['test']['p']:.2g}"]
+        for r in results
+    ])
+    for r in results:
+        name = f"surprise_{r['perturbation']}.png"
+        plot_surprise(r, plots / name)
+        page.image(f"{PLOTS}/{name}", f"surprise, {r['perturbation']}")
+
+
+def _straightness(page: Page, run: Path) -> None:
+    page.heading("Temporal straightening")
+    r = _load(run / "analysis" / "straightness.json")
+    if not r:
+        _missing(page, "straightness results", "lewm straightness RUN")
+        return
+    page.text(f"Mean cosine of consecutive latent velocities on {r['episodes']} held-out "
+              "episodes; the random-init model of the same architecture stands for the start "
+              "of training (the val/straightness curve above, when logged, shows the path).")
+    page.table(["model", "straightness"],
+               [["random init", _fmt(r["random_init"])], ["trained", _fmt(r["trained"])]])
+
+
+def _rollouts(page: Page, run: Path, plots: Path) -> None:
+    page.heading("Imagined rollouts")
+    r = _load(run / "analysis" / "rollout_error.json")
+    if not r:
+        _missing(page, "rollout-error results", "lewm rollout-error RUN")
+        return
+    plot_rollout_error(r, plots / "rollout_error.png")
+    page.table(["horizon", "LeWM latent MSE", "copy-last MSE"], [
+        [str(h), _fmt(m, 4), _fmt(c, 4)]
+        for h, m, c in zip(r["horizons"], r["model"], r["copy_last"], strict=True)
+    ])
+    page.image(f"{PLOTS}/rollout_error.png", "rollout error vs horizon")
+
+
+def _gifs(page: Page, run: Path) -> None:
+    page.heading("Episodes (real | goal)")
+    gifs = [g for folder in sorted(run.glob("eval/*/"))
+            for g in sorted(folder.glob("*.gif"))[:GIFS_PER_FOLDER]]
+    if not gifs:
+        _missing(page, "episode GIFs", "lewm eval RUN")
+        return
+    for gif in gifs:
+        page.image(gif.relative_to(run).as_posix(), f"{gif.parent.name} {gif.stem}")
