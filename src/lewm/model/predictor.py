@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lewm.model.vit import multihead_attention
 
-# A window's cached keys and values at one layer, (B, heads, positions, dim_head) each.
-KV = tuple[Tensor, Tensor] | None
+# A window's cached keys and values at one layer: one (B, heads, dim_head) per position.
+KV = tuple[list[Tensor], list[Tensor]]
 
 
 class CausalAttention(nn.Module):
@@ -56,6 +55,19 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def _attend_last(q: Tensor, keys: list[Tensor], values: list[Tensor]) -> Tensor:
+    """Attention of one query per sequence over a handful of cached positions.
+
+    With at most ``history`` keys, elementwise products beat a fused kernel launched on
+    B × heads tiny problems, and keeping one tensor per position avoids re-copying the
+    cache every step. q (B, heads, dim_head) → (B, heads · dim_head).
+    """
+    scores = torch.stack([(q * k).sum(-1) for k in keys], dim=-1) * q.shape[-1] ** -0.5
+    weights = scores.softmax(dim=-1)
+    out = sum(weights[..., j, None] * v for j, v in enumerate(values))
+    return out.reshape(q.shape[0], -1)
+
+
 class ConditionalBlock(nn.Module):
     """A pre-norm transformer block whose norms are shifted, scaled and gated by the action.
 
@@ -78,33 +90,27 @@ class ConditionalBlock(nn.Module):
         x = x + gate1 * self.attn(modulate(self.norm(x), shift1, scale1))
         return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
 
-    def step(
-        self, x: Tensor, modulation: Tensor, caches: list[KV], keep: list[int]
-    ) -> tuple[Tensor, list[KV]]:
+    def step(self, x: Tensor, modulation: Tensor, caches: list[KV], keep: list[int]) -> Tensor:
         """One new token in each of several windows: x (W, B, dim), all at their windows' end.
 
-        ``caches[i]`` holds window i's keys/values of earlier positions (or None). The new
-        token is the last of its window, so it sees every cached key and no mask is needed.
-        Only the rows in ``keep`` go on through the attention output and the MLP: the last
-        layer of a window that is not read out this step needs its keys and values only.
+        ``caches[i]`` holds window i's keys and values, one (B, heads, dim_head) tensor per
+        earlier position; this token's are appended. The new token is the last of its window,
+        so it sees every cached key and no mask is needed. Only the rows in ``keep`` go on
+        through the attention output and the MLP: the last layer of a window that is not
+        read out this step needs its keys and values only.
         """
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         wins, batch, _ = x.shape
         qkv = self.attn.to_qkv(self.attn.norm(modulate(self.norm(x), shift1, scale1)))
-        q, k, v = qkv.view(wins, batch, 1, 3, self.attn.heads, -1).permute(3, 0, 1, 4, 2, 5)
-        grown = [
-            (k[i], v[i]) if cache is None else
-            (torch.cat([cache[0], k[i]], dim=2), torch.cat([cache[1], v[i]], dim=2))
-            for i, cache in enumerate(caches)
-        ]
+        q, k, v = qkv.view(wins, batch, 3, self.attn.heads, -1).unbind(2)
+        for i, (keys, values) in enumerate(caches):
+            keys.append(k[i])
+            values.append(v[i])
         if not keep:
-            return x[:0], grown
-        attended = torch.stack([
-            F.scaled_dot_product_attention(q[i], *grown[i]).transpose(1, 2).reshape(batch, -1)
-            for i in keep
-        ])
+            return x[:0]
+        attended = torch.stack([_attend_last(q[i], *caches[i]) for i in keep])
         x = x[keep] + gate1 * self.attn.to_out(attended)
-        return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2)), grown
+        return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
 
 
 class Predictor(nn.Module):
@@ -173,7 +179,7 @@ class Predictor(nn.Module):
         h, depth = z.shape[1], len(self.transformer.layers)
         last = h + horizon - 1
         needed = sorted({max(0, end - self.history) for end in range(h, last + 1)})
-        caches: dict[int, list[KV]] = {s: [None] * depth for s in needed}
+        caches: dict[int, list[KV]] = {s: [([], []) for _ in range(depth)] for s in needed}
         tokens = list(z.unbind(1))
         for t in range(last):
             windows = [s for s in needed if s <= t < s + self.history]
@@ -183,11 +189,9 @@ class Predictor(nn.Module):
             for i, layer in enumerate(self.transformer.layers):
                 final = i == depth - 1
                 keep = ([windows.index(read)] if read is not None else []) if final else every
-                x, grown = layer.step(
+                x = layer.step(
                     x, layer.adaLN_modulation(c[:, t]), [caches[s][i] for s in windows], keep
                 )
-                for s, kv in zip(windows, grown, strict=True):
-                    caches[s][i] = kv
             for s in windows:
                 if t == s + self.history - 1:
                     del caches[s]
