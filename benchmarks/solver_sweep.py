@@ -23,12 +23,15 @@ from lewm.plan.evaluate import evaluate_run  # noqa: E402
 SETTINGS = [
     ("CEM 300x30 (paper)", "cem", []),
     ("CEM 300x10", "cem", ["plan.iterations=10"]),
+    ("CEM 300x5", "cem", ["plan.iterations=5"]),
     ("CEM 100x6", "cem", ["plan.samples=100", "plan.elites=10", "plan.iterations=6"]),
     ("CEM 100x6 warm", "cem", ["plan.samples=100", "plan.elites=10", "plan.iterations=6",
                                "plan.warm_start=true"]),
     ("iCEM 100x6", "icem", ["plan.samples=100", "plan.elites=10", "plan.iterations=6"]),
     ("iCEM 300x10", "icem", ["plan.iterations=10"]),
     ("MPPI 300x10", "mppi", ["plan.iterations=10"]),
+    ("MPPI 300x5", "mppi", ["plan.iterations=5"]),
+    ("MPPI 200x5", "mppi", ["plan.samples=200", "plan.iterations=5"]),
     ("MPPI 100x6", "mppi", ["plan.samples=100", "plan.iterations=6"]),
     ("Adam 16x30", "gradient", ["plan.samples=16", "plan.iterations=30"]),
     ("Adam 8x15", "gradient", ["plan.samples=8", "plan.iterations=15"]),
@@ -42,9 +45,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/solver_sweep"))
+    parser.add_argument("--only", nargs="+", help="run only these setting labels")
     args = parser.parse_args()
     rows = []
     for label, solver, overrides in SETTINGS:
+        if args.only and label not in args.only:
+            continue
         result, _ = evaluate_run(
             args.run, None, EvalConfig(episodes=args.episodes, batch=args.batch, gifs=0),
             overrides, solver, args.seed, "cpu", f"sweep_{label.replace(' ', '_')}",
@@ -54,7 +60,7 @@ def main() -> None:
                      "success_rate": result.success_rate,
                      "seconds_per_env_plan": result.plan_seconds_per_env})
         print(f"{label:20s} {100 * result.success_rate:5.1f}%  "
-              f"{result.plan_seconds_per_env:.3f} s per plan")
+              f"{result.plan_seconds_per_env:.3f} s per plan", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from lewm.data.store import EpisodeStore
-from lewm.io import atomic_write_text
+from lewm.io import atomic_write_text, read_json_object
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -127,14 +126,7 @@ class Normalizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Normalizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no such normalizer file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_object(path, "normalizer file"), source=str(path))
 
     def __repr__(self) -> str:
         return f"Normalizer(columns={list(self.mean)})"

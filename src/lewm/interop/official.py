@@ -30,6 +30,7 @@ from torch import Tensor
 from lewm.checkpoint import load_checkpoint, save_checkpoint
 from lewm.config import ModelConfig, RunConfig, preset
 from lewm.data import EpisodeStore, Normalizer
+from lewm.io import read_json_object
 from lewm.model import LeWM
 from lewm.model.heads import ACTION_SMOOTHED_DIM
 
@@ -366,15 +367,7 @@ def _new_folder(out: Path) -> Iterator[Path]:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise OfficialCheckpointError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OfficialCheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise OfficialCheckpointError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, "file", OfficialCheckpointError)
 
 
 def import_official(

@@ -167,12 +167,13 @@ def _evaluation(page: Page, run: Path) -> None:
         r = _load(path)
         if r and "success_rate" in r:
             n = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
-            rows.append([path.stem, f"{100 * r['success_rate']:.1f}%", str(n),
-                         _fmt(r.get("plan_seconds_mean"))])
+            # Batched evaluations time one call for many environments; per-env is comparable.
+            per_plan = r.get("plan_seconds_per_env") or r.get("plan_seconds_mean")
+            rows.append([path.stem, f"{100 * r['success_rate']:.1f}%", str(n), _fmt(per_plan)])
     if not rows:
         _missing(page, "evaluation results", "lewm eval RUN")
         return
-    page.table(["result", "success rate", "episodes", "mean s/plan"], rows)
+    page.table(["result", "success rate", "episodes", "s per plan"], rows)
 
 
 def _probe(page: Page, run: Path) -> None:
