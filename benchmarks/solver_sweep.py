@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,6 +70,8 @@ def main() -> None:
         ax.annotate(row["setting"], (row["seconds_per_env_plan"], 100 * row["success_rate"]),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("seconds per plan (per environment, batched)")
     ax.set_ylabel("success rate (%)")
     ax.set_title(f"TwoRoom, {args.episodes} episodes, pairs seed {args.seed}")
