@@ -65,16 +65,29 @@ def test_time_steps_are_averaged_with_shared_directions() -> None:
     assert per_step.std().item() > 0.01  # the steps really differ, so the check means something
 
 
-def test_gradient_reaches_the_encoder_through_the_loss() -> None:
+def small_model_and_batch() -> tuple[LeWM, torch.Tensor, torch.Tensor]:
     cfg = ModelConfig(
         image_size=16, patch_size=8, enc_dim=32, enc_depth=1, enc_heads=2, enc_mlp=64,
         embed_dim=32, proj_hidden=64, pred_depth=1, pred_heads=2, pred_dim_head=16, pred_mlp=64,
         history=1, action_hidden=32, sigreg_projections=64,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = LeWM(cfg)
     pixels = torch.randint(0, 256, (8, cfg.num_steps, 3, 16, 16), dtype=torch.uint8)
-    blocks = torch.randn(8, cfg.num_steps, cfg.block_dim)
+    return LeWM(cfg), pixels, torch.randn(8, cfg.num_steps, cfg.block_dim)
+
+
+def test_gradient_reaches_the_encoder_through_the_loss() -> None:
+    model, pixels, blocks = small_model_and_batch()
     model.loss(pixels, blocks, gen())["sigreg"].backward()
     grad = model.encoder.patch_embed.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+def test_loss_terms_are_float32_under_bf16_autocast() -> None:
+    """bf16 runs the encoder and predictor; the losses they feed are taken in float32."""
+    model, pixels, blocks = small_model_and_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss(pixels, blocks, gen())
+    assert out["z"].dtype == torch.bfloat16  # autocast really was on
+    for name in ("loss", "pred_loss", "sigreg"):
+        assert out[name].dtype == torch.float32, name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -97,6 +98,8 @@ def train(
         return train_run(data, out, cfg, device=device, progress=progress)
 
     summary = _guarded(go)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under DDP every process returns the summary; one table is enough
     before = summary["heldout_before_bn_recalibration"]
     after = summary["heldout_after_bn_recalibration"]
     table = Table(title=f"trained {out} ({summary['steps']} steps)")

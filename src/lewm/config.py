@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lewm.io import atomic_write_text, read_json_object
+
 
 class ConfigError(ValueError):
     """A preset name, an override or a saved config that cannot be used."""
@@ -66,6 +68,17 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """Optimisation and the engineering around it (MODEL.md §7).
+
+    ``batch_size`` is the global batch: with ``devices`` processes per node on ``num_nodes``
+    nodes, each process loads batch_size / (devices·num_nodes) clips, and SIGReg is computed
+    over the whole global batch (MODEL.md §5.1), so λ and ``lr`` need no change when scaling
+    out. ``strategy`` is Lightning's: ``auto`` (one device) or ``ddp`` (one process per device,
+    launched by ``lewm train`` itself, by torchrun or by SLURM). A step whose loss is NaN or inf is
+    skipped and counted (``train/nonfinite_steps``); ``max_nonfinite`` such steps in a row stop
+    the run (0: never stop).
+    """
+
     max_steps: int = 10_000
     max_minutes: float = 0.0
     batch_size: int = 128
@@ -79,6 +92,10 @@ class TrainConfig:
     val_batches: int = 8
     ckpt_every: int = 250
     bn_recalib_batches: int = 40
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    max_nonfinite: int = 20
 
 
 @dataclass
@@ -129,8 +146,6 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from lewm.io import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
@@ -139,14 +154,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json_object(path, "config file", ConfigError), str(path))
 
 
 def _tiny() -> RunConfig:

@@ -1,10 +1,15 @@
 """The engineering of training: run folder, data loaders, Lightning trainer, resume, and the
 final export of a self-describing checkpoint.
 
-A run is a folder. Re-running the same command resumes from ``checkpoints/last.ckpt``; a
-finished run only re-exports. After training, BatchNorm running statistics are re-estimated
-on training clips, because with momentum 0.1 they lag far behind the weights in short runs
-and make eval-mode embeddings (the ones planning uses) worse than the training ones.
+A run is a folder. Re-running the same command resumes from ``checkpoints/last.ckpt``,
+which is replaced atomically, so a run killed at any moment resumes; a finished run only
+re-exports. After training, BatchNorm running statistics are re-estimated on training clips,
+because with momentum 0.1 they lag far behind the weights in short runs and make eval-mode
+embeddings (the ones planning uses) worse than the training ones.
+
+With several processes (``train.devices``/``train.num_nodes``, Lightning DDP) every process
+runs this function; only global rank 0 writes checkpoints, re-estimates BatchNorm and exports,
+and the others receive its summary.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -33,6 +38,9 @@ from lewm.device import resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text
 from lewm.model import recalibrate_batchnorm
+from lewm.train.checkpoint_io import AtomicCheckpointIO, remove_partial_checkpoints
+from lewm.train.distributed import check_scaling, per_rank_batch
+from lewm.train.guard import NonFiniteLossError
 from lewm.train.module import LeWMModule, copy_last_error
 
 SUMMARY = "train_summary.json"
@@ -89,8 +97,13 @@ def _check_same_model(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def _loaders(
-    cfg: RunConfig, store: EpisodeStore, norm: Normalizer
+    cfg: RunConfig, store: EpisodeStore, norm: Normalizer, batch_size: int, device: torch.device
 ) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders with ``batch_size`` clips per batch (per process).
+
+    Batches hold uint8 frames (4x fewer bytes to move than float) and are normalised on the
+    device; for CUDA they are pinned, so the copy overlaps compute.
+    """
     train_eps, val_eps = split_episodes(store.num_episodes, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
 
@@ -107,16 +120,17 @@ def _loaders(
             dataset = Subset(dataset, np.sort(picked).tolist())
         return DataLoader(
             dataset,
-            batch_size=cfg.train.batch_size,
+            batch_size=batch_size,
             shuffle=shuffle,
             drop_last=True,
             num_workers=cfg.data.num_workers,
             persistent_workers=cfg.data.num_workers > 0,
+            pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
         )
 
     # Validation always scores the same fixed sample of held-out clips, so its curve moves
-    # only when the model does.
+    # only when the model does; under DDP the processes share that sample out.
     val_clips = cfg.train.val_batches * cfg.train.batch_size
     return loader(train_eps, True, cfg.seed), loader(val_eps, False, cfg.seed + 1, val_clips)
 
@@ -141,6 +155,27 @@ def heldout_errors(module: LeWMModule, loader: DataLoader, n: int, device: torch
     return {"pred_mse": sum(pred) / len(pred), "copy_last_mse": sum(copy) / len(copy)}
 
 
+class _SaveAtEnd(Callback):
+    """Checkpoint the final step too, whatever ``ckpt_every``: a re-run then only re-exports."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def _checkpoint_meta(path: Path) -> dict[str, int]:
+    """Step and skipped-step count of a Lightning checkpoint, without reading its tensors."""
+    if not path.is_file():
+        return {"global_step": 0, "nonfinite_steps": 0}
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return {
+        "global_step": int(ckpt["global_step"]),
+        "nonfinite_steps": int(ckpt.get("nonfinite_steps", 0)),
+    }
+
+
 def train(
     data: str | Path,
     run_dir: str | Path,
@@ -150,6 +185,8 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a run and export its checkpoint; returns the training summary."""
     run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    check_scaling(cfg.train, torch_device)
     store = EpisodeStore(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
     cfg.data.path = str(Path(data).resolve())
@@ -158,17 +195,21 @@ def train(
     cfg.save(run_dir / CONFIG)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _quiet_lightning()
-    torch_device = resolve_device(device)
 
     norm = Normalizer.fit(store, ("action",))
-    train_loader, val_loader = _loaders(cfg, store, norm)
-    module = LeWMModule(cfg)
     t = cfg.train
+    train_loader, val_loader = _loaders(cfg, store, norm, per_rank_batch(t), torch_device)
+    module = LeWMModule(cfg)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    remove_partial_checkpoints(ckpt_dir)
+    first_step = _checkpoint_meta(last)["global_step"]
     trainer = pl.Trainer(
         accelerator=torch_device.type,
-        devices=1,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        plugins=[AtomicCheckpointIO()],
         precision=t.precision,
         max_steps=t.max_steps,
         max_time={"minutes": t.max_minutes} if t.max_minutes > 0 else None,
@@ -185,31 +226,65 @@ def train(
             ModelCheckpoint(
                 dirpath=ckpt_dir, filename="last", every_n_train_steps=t.ckpt_every,
                 save_top_k=1, enable_version_counter=False,
-            )
+            ),
+            _SaveAtEnd(last),
         ],
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=False,
     )
+    resume = str(last) if last.is_file() else None
     start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if last.is_file() else None)
-    trainer.save_checkpoint(last, weights_only=False)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    except NonFiniteLossError as exc:
+        if not last.is_file():
+            raise NonFiniteLossError(f"{exc}; no checkpoint was written yet") from None
+        raise NonFiniteLossError(
+            f"{exc}; last good checkpoint: {last} (step {_checkpoint_meta(last)['global_step']}), "
+            "which re-running the same command resumes from; consider a lower train.lr or "
+            "train.precision=32-true"
+        ) from None
     train_seconds = time.perf_counter() - start
 
-    module.to(torch_device)
-    before = heldout_errors(module, val_loader, t.val_batches, torch_device)
-    recalibrate_batchnorm(module.model, _batches(train_loader, t.bn_recalib_batches, torch_device))
-    after = heldout_errors(module, val_loader, t.val_batches, torch_device)
+    summary = None
+    if trainer.is_global_zero:
+        summary = _finish(run_dir, module, cfg, norm, store, torch_device, first_step, last)
+        summary["train_seconds_this_call"] = train_seconds
+        summary["frames_per_second"] = (
+            summary["steps_this_call"] * t.batch_size * cfg.model.num_steps
+            / max(train_seconds, 1e-9)
+        )
+        atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
+    return trainer.strategy.broadcast(summary, src=0)
+
+
+def _finish(
+    run_dir: Path,
+    module: LeWMModule,
+    cfg: RunConfig,
+    norm: Normalizer,
+    store: EpisodeStore,
+    device: torch.device,
+    first_step: int,
+    last: Path,
+) -> dict[str, Any]:
+    """Re-estimate BatchNorm, export the checkpoint and summarise (global rank 0 only).
+
+    Uses loaders with the global batch, so the statistics match a single-process run.
+    """
+    t = cfg.train
+    train_loader, val_loader = _loaders(cfg, store, norm, t.batch_size, device)
+    module.to(device)
+    before = heldout_errors(module, val_loader, t.val_batches, device)
+    recalibrate_batchnorm(module.model, _batches(train_loader, t.bn_recalib_batches, device))
+    after = heldout_errors(module, val_loader, t.val_batches, device)
     save_checkpoint(run_dir, module.model.cpu(), cfg, norm)
-    steps_now = trainer.global_step - module.first_step
-    summary = {
-        "steps": int(trainer.global_step),
-        "steps_this_call": int(steps_now),
-        "train_seconds_this_call": train_seconds,
-        "frames_per_second": steps_now * t.batch_size * cfg.model.num_steps
-        / max(train_seconds, 1e-9),
+    meta = _checkpoint_meta(last)
+    return {
+        "steps": meta["global_step"],
+        "steps_this_call": meta["global_step"] - first_step,
+        "nonfinite_steps": meta["nonfinite_steps"],
         "heldout_before_bn_recalibration": before,
         "heldout_after_bn_recalibration": after,
     }
-    atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
-    return summary

@@ -1,5 +1,6 @@
 """The science of training, as a LightningModule: the LeWM loss, its optimiser and schedule,
-and the diagnostics that show collapse or lagging BatchNorm at a glance."""
+the diagnostics that show collapse or lagging BatchNorm at a glance, and the guard that skips
+steps whose loss is not finite."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lewm.analysis.embed import frame_rows, heldout_episodes, pixels_tensor
 from lewm.analysis.straightness import straightness
 from lewm.config import RunConfig
 from lewm.data import EpisodeStore
 from lewm.model import LeWM, batch_statistics, effective_rank, embedding_std
+from lewm.train.distributed import direction_generator
+from lewm.train.guard import NonFiniteGuard
 
 # Held-out episodes whose whole trajectories are embedded at each validation for
 # val/straightness: a couple of hundred frames, cheap next to the validation clips.
 STRAIGHTNESS_EPISODES = 8
+# Generator streams for SIGReg's directions: training steps and validation batches.
+TRAIN_STREAM, VAL_STREAM = 0, 1
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -45,14 +51,27 @@ class LeWMModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = LeWM(cfg.model)
-        self.first_step = 0
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
+        self._skip_step = False
+        self._bn_saved: list[torch.Tensor] = []
         self._straight_frames: list[torch.Tensor] | None = None
 
-    def on_train_start(self) -> None:
-        self.first_step = self.global_step
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model.loss(batch["pixels"], batch["action"])
+        """The LeWM loss; a non-finite one is still back-propagated (DDP expects every rank
+        to reduce gradients each step) but its optimiser step is skipped, on all ranks alike.
+
+        SIGReg's directions come from the step counter, identical on every rank (§5.1).
+        """
+        self._bn_saved = [b.clone() for b in self._batchnorm_buffers()]
+        step = self.global_step
+        out = self.model.loss(
+            batch["pixels"], batch["action"], direction_generator(self.cfg.seed, step, TRAIN_STREAM)
+        )
+        finite = self.trainer.strategy.reduce_boolean_decision(
+            bool(torch.isfinite(out["loss"])), all=True
+        )
+        self._skip_step = not finite
+        self.guard.update(finite, step)
         self.log_dict(
             {
                 "train/loss": out["loss"],
@@ -63,7 +82,8 @@ class LeWMModule(pl.LightningModule):
             on_step=True,
             on_epoch=False,
         )
-        if self.global_step % self.cfg.train.log_every == 0:
+        self.log("train/nonfinite_steps", float(self.guard.total), on_step=True, on_epoch=False)
+        if finite and step % self.cfg.train.log_every == 0:  # an SVD of NaN would raise
             z = out["z"].float().flatten(0, 1)
             self.log_dict(
                 {"train/emb_std": embedding_std(z), "train/emb_rank": effective_rank(z)},
@@ -72,9 +92,39 @@ class LeWMModule(pl.LightningModule):
             )
         return out["loss"]
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip a non-finite step: an optimiser leaves parameters without gradients untouched
+        (no update, no weight decay, no moment decay), and clipping ignores them too.
+
+        The forward pass also wrote NaN into BatchNorm's running statistics; they are put
+        back here, after backward, which still needs the tensors it saved.
+        """
+        if self._skip_step:
+            optimizer.zero_grad(set_to_none=True)
+            for buffer, value in zip(self._batchnorm_buffers(), self._bn_saved, strict=True):
+                buffer.copy_(value)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite_steps"] = self.guard.total
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.guard.total = int(checkpoint.get("nonfinite_steps", 0))
+
+    def _batchnorm_buffers(self) -> list[torch.Tensor]:
+        return [
+            buffer
+            for module in self.model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for buffer in module.buffers()
+        ]
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         with batch_statistics(self.model):
-            out = self.model.loss(batch["pixels"], batch["action"])
+            out = self.model.loss(
+                batch["pixels"],
+                batch["action"],
+                direction_generator(self.cfg.seed, batch_idx, VAL_STREAM),
+            )
         m = self.cfg.model
         self.log_dict(
             {
@@ -85,6 +135,7 @@ class LeWMModule(pl.LightningModule):
             prog_bar=False,
             on_step=False,
             on_epoch=True,
+            sync_dist=True,
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -99,7 +150,10 @@ class LeWMModule(pl.LightningModule):
         with batch_statistics(self.model), torch.no_grad():
             z = self.model.encode(torch.cat(frames).to(self.device)).float()
         trajectories = z.split([f.shape[0] for f in frames])
-        self.log("val/straightness", straightness(trajectories), on_step=False, on_epoch=True)
+        self.log(
+            "val/straightness", straightness(trajectories), on_step=False, on_epoch=True,
+            sync_dist=True,
+        )
 
     def _straightness_frames(self) -> list[torch.Tensor]:
         if self._straight_frames is None:
