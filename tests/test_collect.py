@@ -97,7 +97,16 @@ def test_interrupted_collection_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_swallowed_ctrl_c_still_stops_collection(tmp_path, monkeypatch):
+@pytest.fixture()
+def default_sigint():
+    """Python's own Ctrl-C handler, as in a terminal: a process started in the background
+    inherits SIGINT ignored, and then there is no Ctrl-C to catch."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_swallowed_ctrl_c_still_stops_collection(tmp_path, monkeypatch, default_sigint):
     """h5py can swallow a KeyboardInterrupt in a weakref callback; simulate exactly that."""
     record = EpisodeRecorder.__call__
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lewm.device import DEVICE_CHOICES
+from lewm.cli_options import Device, Seed
 
 app = typer.Typer(
     help="LeWorldModel: collect pixel datasets, train a JEPA world model, plan with CEM.",
@@ -24,8 +24,6 @@ app = typer.Typer(
 console = Console()
 T = TypeVar("T")
 
-Seed = Annotated[int, typer.Option(help="Seed for every random choice; same seed, same result.")]
-Device = Annotated[str, typer.Option(help=f"Compute device: {'|'.join(DEVICE_CHOICES)}.")]
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lewm.device import DEVICE_CHOICES
+from lewm.cli_options import Device, Seed
 
 Guard = Callable[[Callable[[], Any]], Any]
 
@@ -27,8 +27,6 @@ Data = Annotated[
 Episodes = Annotated[
     int, typer.Option(help="Held-out episodes to use, drawn at random (0: all of them).")
 ]
-Seed = Annotated[int, typer.Option(help="Seed for every random choice; same seed, same result.")]
-Device = Annotated[str, typer.Option(help=f"Compute device: {'|'.join(DEVICE_CHOICES)}.")]
 
 
 def _checkpoint(run: Path, device: str) -> Any:
