@@ -29,6 +29,7 @@ from lewm.config import ModelConfig, preset
 from lewm.device import resolve_device
 from lewm.model import LeWM
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
+from lewm.model.vit import MLP
 
 DEFAULT_BATCH = {"tiny": 64, "paper": 16}
 # Relative loss tolerance against the float32 reference on the same batch and directions:
@@ -59,23 +60,13 @@ class RefSelfAttention(nn.Module):
         return self.proj(softmax_attention(q, k, v, False, 0.0).transpose(1, 2).reshape(b, t, -1))
 
 
-class RefMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class RefBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-12)
         self.attn = RefSelfAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-12)
-        self.mlp = RefMLP(dim, mlp)
+        self.mlp = MLP(dim, mlp)  # already plain eager: Linear, exact GELU, Linear
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))

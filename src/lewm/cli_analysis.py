@@ -54,6 +54,15 @@ def _write(run: Path, name: str, result: dict) -> Path:
     return path
 
 
+def _analyse(
+    run: Path, device: str, data: Path | None, name: str, analysis: Callable[[Any, Any], dict]
+) -> tuple[dict, Path]:
+    """Load the run, open its data, run ``analysis(checkpoint, store)``, save it as ``name``."""
+    ckpt = _checkpoint(run, device)
+    result = analysis(ckpt, _store(ckpt, data))
+    return result, _write(run, name, result)
+
+
 def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
     """Add this module's commands to `app`; `guarded` turns input errors into one clear line."""
 
@@ -72,13 +81,11 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         """Linear and MLP probes of frozen embeddings for physical quantities (vs random init)."""
         from lewm.analysis.probe import run_probe
 
-        def go() -> tuple[dict, Path]:
-            ckpt = _checkpoint(run, device)
-            names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
-            result = run_probe(ckpt, _store(ckpt, data), names, seed, episodes)
-            return result, _write(run, "probe.json", result)
-
-        result, path = guarded(go)
+        names = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+        result, path = guarded(lambda: _analyse(
+            run, device, data, "probe.json",
+            lambda ckpt, store: run_probe(ckpt, store, names, seed, episodes),
+        ))
         table = Table(title=f"probes on {result['samples']['test']} held-out frames "
                             "(MSE on standardized targets ± std (Pearson r))")
         for column in ("quantity", "encoder", "linear", "MLP"):
@@ -142,12 +149,10 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         """Temporal straightness of held-out latent trajectories, trained vs random init."""
         from lewm.analysis.straightness import run_straightness
 
-        def go() -> tuple[dict, Path]:
-            ckpt = _checkpoint(run, device)
-            result = run_straightness(ckpt, _store(ckpt, data), episodes, seed)
-            return result, _write(run, "straightness.json", result)
-
-        result, path = guarded(go)
+        result, path = guarded(lambda: _analyse(
+            run, device, data, "straightness.json",
+            lambda ckpt, store: run_straightness(ckpt, store, episodes, seed),
+        ))
         table = Table(title=f"straightness on {result['episodes']} held-out episodes")
         table.add_column("random init", justify="right")
         table.add_column("trained", justify="right")
@@ -167,12 +172,10 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         """Open-loop latent rollout error vs horizon, next to copying the last embedding."""
         from lewm.analysis.rollout_error import run_rollout_error
 
-        def go() -> tuple[dict, Path]:
-            ckpt = _checkpoint(run, device)
-            result = run_rollout_error(ckpt, _store(ckpt, data), horizon, episodes, seed)
-            return result, _write(run, "rollout_error.json", result)
-
-        result, path = guarded(go)
+        result, path = guarded(lambda: _analyse(
+            run, device, data, "rollout_error.json",
+            lambda ckpt, store: run_rollout_error(ckpt, store, horizon, episodes, seed),
+        ))
         table = Table(title=f"rollout error on {result['starts']} starts "
                             f"({result['episodes']} held-out episodes)")
         for column in ("horizon", "LeWM latent MSE", "copy-last MSE"):
