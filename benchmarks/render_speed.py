@@ -1,8 +1,9 @@
-"""TwoRoom render throughput, since rendering bounds the speed of data collection.
+"""Render throughput of TwoRoom and PushT, since rendering bounds the speed of collection.
 
-The reference torch renderer costs about 31 ms a frame (ENVIRONMENTS.md); this measures
-ours at 64 px (tiny preset) and 224 px (paper resolution). The agent moves between frames
-so each render blends a fresh dot, as during collection.
+The reference renderers cost about 31 ms (TwoRoom, torch) and 1.5 ms (PushT, pygame plus
+a resize) a frame (ENVIRONMENTS.md); this measures ours at 64 px (tiny preset) and 224 px
+(paper resolution). The state changes between frames so every render draws a fresh scene,
+as during collection; only ``render`` is timed, not ``set_state``.
 
     .venv/bin/python benchmarks/render_speed.py [--frames 5000] [--out PATH]
 """
@@ -17,23 +18,41 @@ from pathlib import Path
 
 import numpy as np
 
-from lewm.envs import TwoRoomEnv
+from lewm.envs import PushTEnv, TwoRoomEnv
 
 RESOLUTIONS = (64, 224)
 
 
-def frames_per_second(resolution: int, frames: int, seed: int = 0) -> float:
-    env = TwoRoomEnv(resolution)
+def tworoom_states(rng: np.random.Generator, frames: int) -> np.ndarray:
+    return rng.uniform(21.0, 203.0, size=(frames, 2))
+
+
+def pusht_states(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """Poses from the reset distribution, so the block is usually whole on the canvas."""
+    agent = rng.uniform(50.0, 450.0, size=(frames, 2))
+    block = rng.uniform(100.0, 400.0, size=(frames, 2))
+    angle = rng.uniform(0.0, 2.0 * np.pi, size=(frames, 1))
+    return np.hstack([agent, block, angle, np.zeros((frames, 2))])
+
+
+ENVS = {"tworoom": (TwoRoomEnv, tworoom_states), "pusht": (PushTEnv, pusht_states)}
+
+
+def frames_per_second(env_name: str, resolution: int, frames: int, seed: int = 0) -> float:
+    make, sample = ENVS[env_name]
+    env = make(resolution)
     env.reset(seed=seed)
-    states = np.random.default_rng(seed).uniform(21.0, 203.0, size=(frames, 2))
+    states = sample(np.random.default_rng(seed), frames)
     for state in states[:100]:
         env.set_state(state)
         env.render()
-    start = time.perf_counter()
+    elapsed = 0.0
     for state in states:
         env.set_state(state)
+        start = time.perf_counter()
         env.render()
-    return frames / (time.perf_counter() - start)
+        elapsed += time.perf_counter() - start
+    return frames / elapsed
 
 
 def main() -> None:
@@ -42,13 +61,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/render_speed.json"))
     args = parser.parse_args()
 
-    results = {f"{r}px": frames_per_second(r, args.frames) for r in RESOLUTIONS}
-    for name, fps in results.items():
-        print(f"TwoRoom render {name:>5}: {fps:10.0f} frames/s ({1e6 / fps:.1f} us/frame)")
+    results = {
+        env: {f"{r}px": frames_per_second(env, r, args.frames) for r in RESOLUTIONS} for env in ENVS
+    }
+    for env, by_size in results.items():
+        for size, fps in by_size.items():
+            print(f"{env:>7} render {size:>5}: {fps:10.0f} frames/s ({1e6 / fps:.1f} us/frame)")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "env": "tworoom",
         "frames": args.frames,
         "frames_per_second": results,
         "numpy": np.__version__,
