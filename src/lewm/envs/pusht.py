@@ -21,6 +21,8 @@ import numpy as np
 import pymunk
 from gymnasium import spaces
 
+from lewm.envs.protocol import check_resolution, reset_options
+
 WORLD_SIZE = 512.0
 WALL_CORNERS = ((5.0, 5.0), (506.0, 5.0), (506.0, 506.0), (5.0, 506.0))
 WALL_RADIUS = 2.0
@@ -172,11 +174,7 @@ class PushTEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, resolution: int = 64) -> None:
-        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-            raise ValueError(f"resolution must be an integer >= 8, got {resolution!r}")
-        if resolution < 8:
-            raise ValueError(f"resolution must be >= 8, got {resolution}")
-        self.resolution = int(resolution)
+        self.resolution = check_resolution(resolution)
         self.render_mode = "rgb_array"
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(7,), dtype=np.float32)
@@ -217,12 +215,7 @@ class PushTEnv(gymnasium.Env):
         options were given; unknown option keys are rejected rather than silently ignored.
         """
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(
-                f"unknown reset option(s) {sorted(unknown)}; accepted: 'state', 'goal_state'"
-            )
+        options = reset_options(options)
         goal = self._sample_state()
         start = self._sample_state()
         if options.get("goal_state") is not None:

@@ -15,6 +15,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from lewm.envs.protocol import check_resolution, reset_options
+
 WORLD_SIZE = 224.0
 BORDER_OUTER = (10.0, 214.0)
 BORDER_INNER = (14.0, 210.0)
@@ -95,11 +97,7 @@ class TwoRoomEnv(gymnasium.Env):
     agent_color: tuple[int, int, int] = (255, 0, 0)
 
     def __init__(self, resolution: int = 64) -> None:
-        if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-            raise ValueError(f"resolution must be an integer >= 8, got {resolution!r}")
-        if resolution < 8:
-            raise ValueError(f"resolution must be >= 8, got {resolution}")
-        self.resolution = int(resolution)
+        self.resolution = check_resolution(resolution)
         self.render_mode = "rgb_array"
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(
@@ -123,12 +121,7 @@ class TwoRoomEnv(gymnasium.Env):
         give a random episode instead of the requested one.
         """
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(
-                f"unknown reset option(s) {sorted(unknown)}; accepted: 'state', 'goal_state'"
-            )
+        options = reset_options(options)
         while True:
             agent = self.np_random.uniform(*SAMPLE_RANGE, size=2)
             if not AGENT_REJECT_X[0] <= agent[0] <= AGENT_REJECT_X[1]:

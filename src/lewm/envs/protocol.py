@@ -1,0 +1,30 @@
+"""Checks that every environment applies the same way to its constructor and reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+RESET_OPTIONS = ("state", "goal_state")
+
+
+def check_resolution(resolution: Any) -> int:
+    """Images are square; below 8 px nothing of any scene survives."""
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise ValueError(f"resolution must be an integer >= 8, got {resolution!r}")
+    if resolution < 8:
+        raise ValueError(f"resolution must be >= 8, got {resolution}")
+    return int(resolution)
+
+
+def reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """The reset options as a dict; unknown keys are rejected because a misspelt key would
+    otherwise silently give a random episode instead of the requested one."""
+    options = dict(options or {})
+    unknown = set(options) - set(RESET_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown reset option(s) {sorted(unknown)}; accepted: 'state', 'goal_state'"
+        )
+    return options
