@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lewm.checkpoint import Checkpoint
 from lewm.config import RunConfig
-from lewm.data import EpisodeStore, Normalizer, split_episodes
+from lewm.data import EpisodeStore, Normalizer, pixels_tensor, split_episodes
 from lewm.model import LeWM
 
 
@@ -58,11 +58,6 @@ def action_blocks(
         return np.zeros((0, frameskip * store.action_dim), dtype=np.float32)
     raw = store.read("action", slice(int(rows[0]), int(rows[-1])))
     return normalizer.transform("action", raw).reshape(rows.size - 1, -1).astype(np.float32)
-
-
-def pixels_tensor(frames: np.ndarray) -> Tensor:
-    """uint8 (..., H, W, 3) frames as the model's (..., 3, H, W) input."""
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames, -1, -3)))
 
 
 @torch.inference_mode()

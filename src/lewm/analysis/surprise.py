@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from lewm.analysis.embed import pixels_tensor
 from lewm.checkpoint import Checkpoint
+from lewm.data import pixels_tensor
 from lewm.envs import get_env_spec
 
 PERTURBATIONS = ("teleport", "color")

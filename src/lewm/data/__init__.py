@@ -1,6 +1,6 @@
 """Episode files, training clips, normalization statistics and data collection."""
 
-from lewm.data.clips import ClipDataset, clip_starts, split_episodes
+from lewm.data.clips import ClipDataset, clip_starts, pixels_tensor, split_episodes
 from lewm.data.collect import collect
 from lewm.data.normalize import Normalizer
 from lewm.data.store import DataFileError, EpisodeStore, EpisodeWriter
@@ -13,5 +13,6 @@ __all__ = [
     "Normalizer",
     "clip_starts",
     "collect",
+    "pixels_tensor",
     "split_episodes",
 ]

@@ -11,6 +11,11 @@ from lewm.data.normalize import Normalizer
 from lewm.data.store import EpisodeStore
 
 
+def pixels_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) frames as stored → the model's uint8 (..., 3, H, W) input."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames, -1, -3)))
+
+
 def split_episodes(
     num_episodes: int, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +88,6 @@ class ClipDataset(Dataset):
         raw = self.store.read("action", slice(start, start + self.num_steps * self.frameskip))
         action = self.normalizer.transform("action", raw).reshape(self.num_steps, -1)
         return {
-            "pixels": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+            "pixels": pixels_tensor(frames),
             "action": torch.from_numpy(np.ascontiguousarray(action, dtype=np.float32)),
         }

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lewm.config import PlanConfig
+from lewm.data.clips import pixels_tensor
 from lewm.data.normalize import Normalizer
 from lewm.plan.solvers import make_solver
 
@@ -31,8 +32,8 @@ def goal_cost(predicted: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) frames -> uint8 (N, 1, 3, H, W), the layout ``encode`` takes."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)[:, None].to(device)
+    """uint8 (N, H, W, 3) frames -> uint8 (N, 1, 3, H, W): one-frame clips for ``encode``."""
+    return pixels_tensor(frames)[:, None].to(device)
 
 
 class MPCPlanner:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lewm.analysis.embed import frame_rows, heldout_episodes, pixels_tensor
+from lewm.analysis.embed import frame_rows, heldout_episodes
 from lewm.analysis.straightness import straightness
 from lewm.config import RunConfig
-from lewm.data import EpisodeStore
+from lewm.data import EpisodeStore, pixels_tensor
 from lewm.model import LeWM, batch_statistics, effective_rank, embedding_std
 from lewm.train.distributed import direction_generator
 from lewm.train.guard import NonFiniteGuard
