@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import h5py
-import hdf5plugin
 import numpy as np
 import torch
 import transformers
@@ -32,7 +31,12 @@ import transformers
 from lewm.checkpoint import load_checkpoint
 from lewm.config import ModelConfig
 from lewm.data import ClipDataset, EpisodeStore, Normalizer, collect
-from lewm.interop import export_official, import_official, official_config
+from lewm.interop import (
+    export_official,
+    import_official,
+    official_config,
+    write_official_layout,
+)
 from lewm.interop.official import official_shapes
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
 
@@ -120,27 +124,8 @@ def checkpoint_figures(tmp: Path, repeats: int, images: int) -> dict[str, float]
 
 def to_official_layout(src: Path, out: Path) -> None:
     """Copy every column into the older official writer's chunking and compression."""
-    blosc = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
-    with h5py.File(src) as f, h5py.File(out, "w", libver="latest") as g:
-        for name, ds in f.items():
-            value = ds[()]
-            if name in ("ep_len", "ep_offset"):
-                g.create_dataset(name, data=value)
-            elif value.ndim >= 3:
-                g.create_dataset(
-                    name,
-                    data=value,
-                    chunks=(100, *value.shape[1:]),
-                    maxshape=(None, *value.shape[1:]),
-                    **blosc,
-                )
-            else:
-                g.create_dataset(
-                    name,
-                    data=value,
-                    chunks=(1000, *value.shape[1:]),
-                    maxshape=(None, *value.shape[1:]),
-                )
+    with h5py.File(src) as f:
+        write_official_layout(out, {name: ds[()] for name, ds in f.items()})
 
 
 def clips_per_second(path: Path, clips: int) -> float:

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
-import hdf5plugin
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from lewm.cli import app
 from lewm.data import ClipDataset, EpisodeStore, Normalizer
-from lewm.interop import inspect_dataset
+from lewm.interop import inspect_dataset, write_official_layout
 
 LENS = (23, 11, 30)
 SIZE = 16
@@ -46,36 +43,10 @@ def official_columns(lens=LENS, index: str = "ep_idx", size: int = SIZE) -> dict
     }
 
 
-def write_official(path: Path, columns: dict) -> Path:
-    """The older official writer: images Blosc(lz4, 5, byte shuffle) in (100, H, W, C)
-    chunks, other columns in (1000, ...) chunks, libver latest."""
-    blosc = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
-    with h5py.File(path, "w", libver="latest") as f:
-        for name, value in columns.items():
-            if name in ("ep_len", "ep_offset"):
-                f.create_dataset(name, data=value)
-            elif value.ndim >= 3:
-                f.create_dataset(
-                    name,
-                    data=value,
-                    chunks=(100, *value.shape[1:]),
-                    maxshape=(None, *value.shape[1:]),
-                    **blosc,
-                )
-            else:
-                f.create_dataset(
-                    name,
-                    data=value,
-                    chunks=(1000, *value.shape[1:]),
-                    maxshape=(None, *value.shape[1:]),
-                )
-    return path
-
-
 @pytest.mark.parametrize("index", ["ep_idx", "episode_idx"])
 @pytest.mark.parametrize("cache", ["all", "none"])
 def test_official_layout_reads_with_the_right_clips(tmp_path, index, cache):
-    path = write_official(tmp_path / "official.h5", official_columns(index=index))
+    path = write_official_layout(tmp_path / "official.h5", official_columns(index=index))
     with h5py.File(path) as f:
         assert 32001 in f["pixels"].filter_ids
     with EpisodeStore(path, cache=cache) as store:
@@ -96,7 +67,7 @@ def test_official_layout_reads_with_the_right_clips(tmp_path, index, cache):
 
 
 def test_official_layout_inspects_clean(tmp_path):
-    path = write_official(tmp_path / "official.h5", official_columns())
+    path = write_official_layout(tmp_path / "official.h5", official_columns())
     report = inspect_dataset(path)
     assert report.problems == []
     assert (report.episodes, report.rows, report.action_dim) == (3, sum(LENS), 2)
@@ -155,19 +126,20 @@ def no_index(c):
 def test_inspect_flags_layout_problems(tmp_path, breaker, message):
     columns = official_columns()
     breaker(columns)
-    report = inspect_dataset(write_official(tmp_path / "bad.h5", columns))
+    report = inspect_dataset(write_official_layout(tmp_path / "bad.h5", columns))
     assert any(message in p for p in report.problems), report.problems
 
 
 def test_cli_inspect(tmp_path):
-    good = write_official(tmp_path / "good.h5", official_columns())
+    good = write_official_layout(tmp_path / "good.h5", official_columns())
     result = runner.invoke(app, ["inspect", str(good)])
     assert result.exit_code == 0, result.output
     for text in ("blosc", "privileged", "16x16", "no layout problems"):
         assert text in result.output
     columns = official_columns()
     nan_inside(columns)
-    result = runner.invoke(app, ["inspect", str(write_official(tmp_path / "bad.h5", columns))])
+    bad = write_official_layout(tmp_path / "bad.h5", columns)
+    result = runner.invoke(app, ["inspect", str(bad)])
     assert result.exit_code == 1
     assert "problem:" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "missing.h5")])

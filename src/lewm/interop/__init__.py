@@ -1,6 +1,7 @@
 """Interoperability with the official LeWM material: checkpoints in and out, dataset checks."""
 
 from lewm.interop.inspect import DatasetReport, inspect_dataset
+from lewm.interop.layout import write_official_layout
 from lewm.interop.official import (
     OfficialCheckpointError,
     encoder_key_map,
@@ -14,6 +15,7 @@ from lewm.interop.official import (
 )
 
 __all__ = [
+    "write_official_layout",
     "DatasetReport",
     "OfficialCheckpointError",
     "encoder_key_map",
