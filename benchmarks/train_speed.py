@@ -29,7 +29,7 @@ from lewm.config import ModelConfig, preset
 from lewm.device import resolve_device
 from lewm.model import LeWM
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
-from lewm.model.vit import MLP
+from lewm.model.vit import MLP, SelfAttention
 
 DEFAULT_BATCH = {"tiny": 64, "paper": 16}
 # Relative loss tolerance against the float32 reference on the same batch and directions:
@@ -47,12 +47,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout: fl
     return F.dropout(scores.softmax(-1), dropout) @ v
 
 
-class RefSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+class RefSelfAttention(SelfAttention):
+    """lewm's parameters (so weights load by name), the reference's explicit softmax."""
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
