@@ -1,15 +1,20 @@
 # The README's commands. Every target creates .venv and installs the pinned, tested
-# versions (constraints.txt) on first use, so a fresh clone needs nothing installed by hand.
+# versions (constraints.txt) on first use, plus the Debian GL libraries MuJoCo renders
+# with (scripts/system-deps.sh), so a fresh clone needs nothing installed by hand.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?= -q
 
-.PHONY: install test demo lint bench clean
+.PHONY: install system-deps test demo lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+system-deps:
+	scripts/system-deps.sh
+
+$(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
+	scripts/system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0

@@ -41,6 +41,7 @@ def test_collect_writes_a_valid_file(tmp_path):
             "frameskip": spec.frameskip,
             "seed": 5,
             "max_steps": spec.max_steps,
+            "policy": "heuristic",
         }
         assert set(spec.info_keys) <= set(store.columns)
         assert (store.ep_len >= 2).all() and (store.ep_len <= spec.max_steps + 1).all()

@@ -210,7 +210,7 @@ def test_weak_policy_stays_near_the_block_and_moves_it() -> None:
 def test_registry_entry() -> None:
     spec = get_env_spec("pusht")
     assert (spec.max_steps, spec.frameskip, spec.action_dim) == (200, 5, 2)
-    assert spec.state_key == "state"
+    assert spec.state_keys == ("state",)
     env = spec.make(32)
     _, info = env.reset(seed=0)
     assert set(spec.info_keys) <= set(info)

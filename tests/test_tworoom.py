@@ -284,13 +284,13 @@ def test_registry_spec_and_make_env() -> None:
     assert "tworoom" in ENV_NAMES
     spec = get_env_spec("tworoom")
     assert (spec.max_steps, spec.frameskip, spec.action_dim) == (100, 5, 2)
-    assert spec.state_key == "proprio"
+    assert spec.state_keys == ("proprio",)
     assert spec.info_keys == ("proprio", "state", "goal_state")
     env = make_env("tworoom", 32)
     _, info = env.reset(seed=0)
     assert env.render().shape == (32, 32, 3)
     assert set(spec.info_keys) <= set(info)
-    env.set_state(info[spec.state_key])
+    env.set_state(spec.state_of(info))
     action = spec.make_policy(env, np.random.default_rng(0))()
     assert action.shape == (spec.action_dim,) and action.dtype == np.float32
 

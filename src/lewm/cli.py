@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lewm.cli_options import Device, Seed
+from lewm.envs.gl import GLUnavailableError
 
 app = typer.Typer(
     help="LeWorldModel: collect pixel datasets, train a JEPA world model, plan with CEM.",
@@ -42,7 +44,7 @@ def _guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError) as exc:
+            PermissionError, GLUnavailableError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
@@ -60,15 +62,46 @@ def collect(
     resolution: Annotated[int, typer.Option(help="Square image size in pixels.")] = 64,
     seed: Seed = 0,
     workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="Record only shard i of n (e.g. 3/8): a contiguous block of the --episodes, "
+            "written to data-00003-of-00008.h5 for --out data.h5. For a cluster job array, run "
+            "one job per shard with the same --episodes and --seed (e.g. --shard "
+            "$SLURM_ARRAY_TASK_ID/8); `lewm train --data data.h5` then reads the shards as one "
+            "dataset.",
+            show_default=False,
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="Data policy: tworoom heuristic; pusht weak; reacher random (the released "
+            "data) or ou (smooth Ornstein-Uhlenbeck torques, wider coverage); cube oracle. "
+            "Default: the first listed. Or replay:FILE to re-run the episodes of a dataset "
+            "(e.g. official expert data) from their start states with their actions.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Record an offline dataset with the environment's data-collection policy."""
     from lewm.data import collect as collect_episodes
 
     path = _guarded(
         lambda: collect_episodes(env, episodes, out, resolution=resolution, seed=seed,
-                                 workers=workers)
+                                 workers=workers, shard=_parse_shard(shard), policy=policy)
     )
     console.print(f"wrote {path}")
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"3/8"`` → (3, 8); a ValueError that names the option for anything else."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or int(match[1]) >= int(match[2]):
+        raise ValueError(f"--shard must look like i/n with 0 <= i < n, got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @app.command()

@@ -35,7 +35,7 @@ def _teleport(env: Any, spec: Any, seed: int, resolution: int) -> None:
     candidates = []
     for k in range(TELEPORT_CANDIDATES):
         _, info = scratch.reset(seed=seed * TELEPORT_CANDIDATES + k)
-        candidates.append(np.asarray(info[spec.state_key]))
+        candidates.append(spec.state_of(info))
     far = max(candidates, key=lambda c: float(np.linalg.norm(c - here)))
     env.set_state(far)
 

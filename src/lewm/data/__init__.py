@@ -3,6 +3,7 @@
 from lewm.data.clips import ClipDataset, clip_starts, pixels_tensor, split_episodes
 from lewm.data.collect import collect
 from lewm.data.normalize import Normalizer
+from lewm.data.shards import ShardedEpisodeStore, find_shards, shard_path
 from lewm.data.store import DataFileError, EpisodeStore, EpisodeWriter
 
 __all__ = [
@@ -11,8 +12,11 @@ __all__ = [
     "EpisodeStore",
     "EpisodeWriter",
     "Normalizer",
+    "ShardedEpisodeStore",
     "clip_starts",
     "collect",
+    "find_shards",
     "pixels_tensor",
+    "shard_path",
     "split_episodes",
 ]

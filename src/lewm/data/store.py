@@ -4,6 +4,10 @@ One file, no groups: every column is a top-level dataset whose first axis is the
 row index (all episodes concatenated), plus ``ep_len``/``ep_offset`` describing where each
 episode lies. Keeping this exact layout means the official ``tworoom.h5`` and friends load
 unchanged, and the files we collect can be read by the reference code.
+
+A dataset may also be split into shard files ``data-00000-of-00008.h5`` ... (one per job of
+a cluster job array); ``EpisodeStore("data.h5")`` reads them as one file. Each shard is a
+complete file in the same layout, so any one of them can also be opened by itself.
 """
 
 from __future__ import annotations
@@ -51,19 +55,38 @@ class DataFileError(ValueError):
     """An episode file that cannot be used; the message starts with the file path."""
 
 
+def _cache_mode(cache: str) -> str:
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache={cache!r}: expected one of {', '.join(CACHE_MODES)}")
+    return cache
+
+
 class EpisodeStore:
     """Read-only random access to an episode file.
 
     Columns other than ``pixels`` are small and always held in RAM. ``pixels`` is held in
     RAM according to ``cache``; otherwise it is read from disk on demand. The HDF5 handle
     is opened lazily in each process, so a store can be pickled into DataLoader workers.
+
+    When ``path`` does not exist but its shard files do, the store is a
+    :class:`~lewm.data.shards.ShardedEpisodeStore` over them, so training, evaluation
+    and analysis read a sharded dataset unchanged.
     """
 
+    def __new__(
+        cls, path: str | os.PathLike[str] | None = None, cache: str = "auto"
+    ) -> EpisodeStore:
+        # path is None when pickle recreates a store; its class is already the right one.
+        if cls is EpisodeStore and path is not None and not Path(path).exists():
+            from lewm.data.shards import ShardedEpisodeStore, find_shards
+
+            if find_shards(path):
+                cls = ShardedEpisodeStore
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike[str], cache: str = "auto") -> None:
-        if cache not in CACHE_MODES:
-            raise ValueError(f"cache={cache!r}: expected one of {', '.join(CACHE_MODES)}")
         self.path = Path(path)
-        self.cache = cache
+        self.cache = _cache_mode(cache)
         self._file: h5py.File | None = None
         self._pid: int | None = None
         if not self.path.exists():
@@ -125,13 +148,11 @@ class EpisodeStore:
         self.num_episodes = int(self.ep_len.shape[0])
         self._check_episodes()
 
-        # Read-only, because a slice of a RAM column is a view: writing into it would
-        # silently change the data every later read sees.
         self._ram: dict[str, np.ndarray] = {}
-        for name, ds in datasets.items():
-            if name not in INDEX_COLUMNS and (name != "pixels" or self._cache_pixels(ds)):
-                self._ram[name] = ds[()]
-                self._ram[name].flags.writeable = False
+        cache_pixels = self._cache_pixels(pixels.nbytes)
+        for name in datasets:
+            if name not in INDEX_COLUMNS and (name != "pixels" or cache_pixels):
+                self._hold(name)
 
     def _index_column(self, ds: h5py.Dataset) -> np.ndarray:
         if ds.ndim != 1 or ds.dtype.kind not in "iu":
@@ -177,10 +198,17 @@ class EpisodeStore:
                     name, f"compressed with unavailable HDF5 filter {code} {label}{hint}"
                 )
 
-    def _cache_pixels(self, ds: h5py.Dataset) -> bool:
+    def _cache_pixels(self, nbytes: int) -> bool:
         if self.cache == "auto":
-            return ds.size * ds.dtype.itemsize < AUTO_CACHE_BYTES
+            return nbytes < AUTO_CACHE_BYTES
         return self.cache == "all"
+
+    def _hold(self, column: str) -> None:
+        """Read a column into RAM, read-only: a slice of a RAM column is a view, and writing
+        into it would silently change the data every later read sees."""
+        array = self._handle()[column][()]
+        array.flags.writeable = False
+        self._ram[column] = array
 
     def _error(self, column: str, message: str) -> DataFileError:
         return DataFileError(f"{self.path}: column {column!r}: {message}")
@@ -217,6 +245,10 @@ class EpisodeStore:
             )
         if column in self._ram:
             return self._ram[column][rows]
+        return self._read_stored(column, rows)
+
+    def _read_stored(self, column: str, rows: np.ndarray | slice) -> np.ndarray:
+        """Rows of a column not held in RAM: read from the file."""
         ds = self._handle()[column]
         try:
             if isinstance(rows, slice):
@@ -261,8 +293,9 @@ class EpisodeStore:
 
     def __repr__(self) -> str:
         return (
-            f"EpisodeStore({str(self.path)!r}, episodes={self.num_episodes}, rows={self.num_rows}, "
-            f"image_size={self.image_size}, action_dim={self.action_dim}, cached={self.cached})"
+            f"{type(self).__name__}({str(self.path)!r}, episodes={self.num_episodes}, "
+            f"rows={self.num_rows}, image_size={self.image_size}, "
+            f"action_dim={self.action_dim}, cached={self.cached})"
         )
 
 

@@ -6,27 +6,37 @@ environment means adding a module and one registry entry, never a branch on its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium
 import numpy as np
 
+from lewm.envs.cube import CubeEnv, CubeOraclePolicy
 from lewm.envs.pusht import PushTEnv, PushTWeakPolicy
+from lewm.envs.reacher import ReacherEnv, ReacherOUPolicy, ReacherRandomPolicy
 from lewm.envs.tworoom import TwoRoomEnv, TwoRoomPolicy
 
 __all__ = [
     "ENV_NAMES",
+    "CubeEnv",
+    "CubeOraclePolicy",
     "EnvSpec",
     "PushTEnv",
     "PushTWeakPolicy",
+    "ReacherEnv",
+    "ReacherOUPolicy",
+    "ReacherRandomPolicy",
     "TwoRoomEnv",
     "TwoRoomPolicy",
     "UnknownEnvError",
     "get_env_spec",
     "make_env",
 ]
+
+
+PolicyFactory = Callable[[Any, np.random.Generator], Callable[[], np.ndarray]]
 
 
 class UnknownEnvError(ValueError):
@@ -37,42 +47,104 @@ class UnknownEnvError(ValueError):
 class EnvSpec:
     """What the collector and the planner need to know about an environment.
 
-    ``state_key`` names the info entry (and dataset column) that ``set_state`` accepts, so
-    an evaluation can restore a dataset row without knowing the environment. ``info_keys``
-    are the info entries the collector stores per step as dataset columns.
+    ``state_keys`` name the info entries (and dataset columns) whose concatenation
+    ``set_state`` accepts, so an evaluation can restore a dataset row without knowing the
+    environment; several keys let the official files (separate ``qpos`` and ``qvel``
+    columns) be restored as they are. ``info_keys`` are the info entries the collector
+    stores per step as dataset columns. ``policies`` maps data-collection policy names to
+    their factories; the first is the default. ``episode_ends_at_success`` is false where
+    the paper's data runs a fixed length whatever happens (Reacher's random torques, the
+    Cube oracle chaining tasks).
     """
 
     name: str
     make: Callable[[int], gymnasium.Env]
-    make_policy: Callable[[Any, np.random.Generator], Callable[[], np.ndarray]]
+    policies: Mapping[str, PolicyFactory]
     max_steps: int
     frameskip: int
     action_dim: int
-    state_key: str
+    state_keys: tuple[str, ...]
     info_keys: tuple[str, ...]
+    episode_ends_at_success: bool = True
+
+    @property
+    def default_policy(self) -> str:
+        return next(iter(self.policies))
+
+    def policy_factory(self, name: str | None = None) -> PolicyFactory:
+        name = name or self.default_policy
+        if name not in self.policies:
+            raise ValueError(
+                f"environment {self.name!r} has no policy {name!r}; choose one of: "
+                f"{', '.join(self.policies)}, or replay:FILE"
+            )
+        return self.policies[name]
+
+    def make_policy(
+        self, env: Any, rng: np.random.Generator, name: str | None = None
+    ) -> Callable[[], np.ndarray]:
+        return self.policy_factory(name)(env, rng)
+
+    def state_of(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """The ``set_state`` vector(s) from info entries or dataset columns (last axis)."""
+        missing = [k for k in self.state_keys if k not in columns]
+        if missing:
+            raise ValueError(
+                f"{self.name}: state needs {', '.join(self.state_keys)}; missing "
+                f"{', '.join(missing)}"
+            )
+        return np.concatenate([np.atleast_1d(columns[k]) for k in self.state_keys], axis=-1)
 
 
 _SPECS: dict[str, EnvSpec] = {
     "tworoom": EnvSpec(
         name="tworoom",
         make=TwoRoomEnv,
-        make_policy=TwoRoomPolicy,
+        policies={"heuristic": TwoRoomPolicy},
         max_steps=100,
         frameskip=5,
         action_dim=2,
-        state_key="proprio",
+        state_keys=("proprio",),
         info_keys=("proprio", "state", "goal_state"),
     ),
     # Paper data: episodes of mean length 196 and 5-step action blocks (ENVIRONMENTS.md §5).
     "pusht": EnvSpec(
         name="pusht",
         make=PushTEnv,
-        make_policy=PushTWeakPolicy,
+        policies={"weak": PushTWeakPolicy},
         max_steps=200,
         frameskip=5,
         action_dim=2,
-        state_key="state",
+        state_keys=("state",),
         info_keys=("proprio", "state", "goal_state"),
+    ),
+    # The released reacher.h5: uniform random torques, 200 steps; qpos/qvel restore a row.
+    "reacher": EnvSpec(
+        name="reacher",
+        make=ReacherEnv,
+        policies={"random": ReacherRandomPolicy, "ou": ReacherOUPolicy},
+        max_steps=200,
+        frameskip=5,
+        action_dim=2,
+        state_keys=("qpos", "qvel"),
+        info_keys=("qpos", "qvel", "observation", "target_pos", "finger_pos"),
+        episode_ends_at_success=False,
+    ),
+    # cube_single_expert.h5: noisy oracle, 200 steps (201 rows), blocks of 5 x 5 actions.
+    "cube": EnvSpec(
+        name="cube",
+        make=CubeEnv,
+        policies={"oracle": CubeOraclePolicy},
+        max_steps=200,
+        frameskip=5,
+        action_dim=5,
+        state_keys=("qpos", "qvel"),
+        info_keys=(
+            "qpos", "qvel", "observation", "proprio_joint_pos", "proprio_effector_pos",
+            "proprio_effector_yaw", "proprio_gripper_opening", "proprio_gripper_contact",
+            "privileged_block_0_pos", "privileged_block_0_quat",
+        ),
+        episode_ends_at_success=False,
     ),
 }
 

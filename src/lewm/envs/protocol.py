@@ -28,3 +28,16 @@ def reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
             f"unknown reset option(s) {sorted(unknown)}; accepted: 'state', 'goal_state'"
         )
     return options
+
+
+def start_and_goal(options: dict[str, Any], start: Any, goal: Any) -> tuple[Any, Any]:
+    """The start and goal states, each taken from ``options`` where given there.
+
+    Environments draw both defaults before calling this whatever the options are, so the
+    random stream after a reset does not depend on which options were passed.
+    """
+    if options.get("state") is not None:
+        start = options["state"]
+    if options.get("goal_state") is not None:
+        goal = options["goal_state"]
+    return start, goal

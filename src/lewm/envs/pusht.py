@@ -21,7 +21,7 @@ import numpy as np
 import pymunk
 from gymnasium import spaces
 
-from lewm.envs.protocol import check_resolution, reset_options
+from lewm.envs.protocol import check_resolution, reset_options, start_and_goal
 
 WORLD_SIZE = 512.0
 WALL_CORNERS = ((5.0, 5.0), (506.0, 5.0), (506.0, 506.0), (5.0, 506.0))
@@ -217,11 +217,7 @@ class PushTEnv(gymnasium.Env):
         super().reset(seed=seed)
         options = reset_options(options)
         goal = self._sample_state()
-        start = self._sample_state()
-        if options.get("goal_state") is not None:
-            goal = options["goal_state"]
-        if options.get("state") is not None:
-            start = options["state"]
+        start, goal = start_and_goal(options, self._sample_state(), goal)
         self.set_goal_state(goal)
         self.set_state(start)
         return self.get_state(), self._info()

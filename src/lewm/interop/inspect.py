@@ -18,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from lewm.data.shards import find_shards
 from lewm.data.store import EPISODE_COLUMNS, DataFileError, EpisodeStore
 
 # HDF5 filter ids → names people know them by (32001 needs hdf5plugin).
@@ -66,6 +67,11 @@ def _compression(ds: h5py.Dataset) -> str:
 def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
     """Contents and layout problems of an episode file; raises only if it is no HDF5 file."""
     path = Path(path)
+    if not path.exists() and (shards := find_shards(path)):
+        raise DataFileError(
+            f"{path}: a dataset of {len(shards)} shard files; inspect each of them "
+            f"({shards[0].name} ... {shards[-1].name})"
+        )
     if not path.is_file() or not h5py.is_hdf5(path):
         raise DataFileError(f"{path}: no such HDF5 file")
     report = DatasetReport(path=str(path))

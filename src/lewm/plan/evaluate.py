@@ -137,10 +137,11 @@ def run_protocol(
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
     (one planning call per replanning step for all of them); returns (rate, outcomes)."""
     spec = get_env_spec(env_name)
-    if spec.state_key not in store.columns:
+    missing = [k for k in spec.state_keys if k not in store.columns]
+    if missing:
         raise ValueError(
-            f"{store.path}: column {spec.state_key!r} is needed to reset {env_name} to the "
-            f"dataset's start and goal states; the file has {', '.join(store.columns)}"
+            f"{store.path}: column(s) {', '.join(missing)} are needed to reset {env_name} to "
+            f"the dataset's start and goal states; the file has {', '.join(store.columns)}"
         )
     if cfg.batch < 1:
         raise ValueError(f"eval.batch must be >= 1, got {cfg.batch}")
@@ -155,7 +156,8 @@ def run_protocol(
             obs, goal = [], []
             for env, i in zip(envs, ids, strict=False):
                 rows = np.array([starts[i], starts[i] + cfg.goal_offset])
-                state, pixels = store.read(spec.state_key, rows), store.read("pixels", rows)
+                state = spec.state_of({k: store.read(k, rows) for k in spec.state_keys})
+                pixels = store.read("pixels", rows)
                 env.reset(
                     seed=episode_seed(seed, i), options={"state": state[0], "goal_state": state[1]}
                 )

@@ -15,7 +15,7 @@ from torch import nn
 from lewm.analysis.embed import frame_rows, heldout_episodes
 from lewm.analysis.straightness import straightness
 from lewm.config import RunConfig
-from lewm.data import EpisodeStore, pixels_tensor
+from lewm.data import EpisodeStore, find_shards, pixels_tensor
 from lewm.model import LeWM, batch_statistics, effective_rank, embedding_std
 from lewm.train.distributed import direction_generator
 from lewm.train.guard import NonFiniteGuard
@@ -159,7 +159,7 @@ class LeWMModule(pl.LightningModule):
         if self._straight_frames is None:
             self._straight_frames = []
             path = self.cfg.data.path
-            if path and Path(path).is_file():
+            if path and (Path(path).is_file() or find_shards(path)):
                 with EpisodeStore(path, cache="none") as store:
                     for episode in heldout_episodes(self.cfg, store)[:STRAIGHTNESS_EPISODES]:
                         rows = frame_rows(store, int(episode), self.cfg.model.frameskip)
