@@ -100,6 +100,8 @@ class EpisodeRecorder:
 
     def close(self) -> None:
         self.env.close()
+        if self.replay is not None:
+            self.replay.store.close()
 
 
 _worker_recorder: EpisodeRecorder | None = None
