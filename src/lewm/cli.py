@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lewm.cli_options import Device, Seed
+from lewm.envs import ENV_NAMES
 from lewm.envs.gl import GLUnavailableError
 
 app = typer.Typer(
@@ -54,7 +55,7 @@ def _guarded(fn: Callable[[], T]) -> T:
 
 @app.command()
 def collect(
-    env: Annotated[str, typer.Argument(help="Environment name, e.g. tworoom.")],
+    env: Annotated[str, typer.Argument(help=f"Environment: {', '.join(ENV_NAMES)}.")],
     episodes: Annotated[int, typer.Option(help="Number of episodes to record.")] = 1000,
     out: Annotated[Path, typer.Option(help="Output HDF5 file (written atomically).")] = Path(
         "data.h5"
