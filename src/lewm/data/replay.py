@@ -43,12 +43,7 @@ class ReplaySource:
     def __init__(self, path: str | os.PathLike[str], spec: EnvSpec) -> None:
         self.store = EpisodeStore(path, cache="none")
         self.spec = spec
-        needed = [k for k in (*spec.state_keys, "action") if k not in self.store.columns]
-        if needed:
-            raise ValueError(
-                f"{path}: replaying into {spec.name} needs column(s) {', '.join(needed)}; "
-                f"the file has {', '.join(self.store.columns)}"
-            )
+        spec.require_state_columns(self.store.columns, path)
         if self.store.action_dim != spec.action_dim:
             raise ValueError(
                 f"{path}: actions have {self.store.action_dim} dimensions, {spec.name} takes "
@@ -60,7 +55,7 @@ class ReplaySource:
 
     def episode(self, index: int) -> ReplayEpisode:
         rows = self.store.episode_rows(index)
-        states = self.spec.state_of({k: self.store.read(k, rows) for k in self.spec.state_keys})
+        states = self.spec.read_state(self.store, rows)
         # The last row's action is the NaN that closes every episode: nothing to execute.
         actions = self.store.read("action", rows)[:-1]
         return ReplayEpisode(states[0], states[-1], actions)

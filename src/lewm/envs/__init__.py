@@ -6,7 +6,7 @@ environment means adding a module and one registry entry, never a branch on its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,15 +85,24 @@ class EnvSpec:
     ) -> Callable[[], np.ndarray]:
         return self.policy_factory(name)(env, rng)
 
-    def state_of(self, columns: Mapping[str, Any]) -> np.ndarray:
-        """The ``set_state`` vector(s) from info entries or dataset columns (last axis)."""
+    def require_state_columns(self, columns: Collection[str], source: object) -> None:
+        """Fail before any work when ``source`` (a file, an info dict) lacks a column that
+        ``set_state`` needs."""
         missing = [k for k in self.state_keys if k not in columns]
         if missing:
             raise ValueError(
-                f"{self.name}: state needs {', '.join(self.state_keys)}; missing "
-                f"{', '.join(missing)}"
+                f"{source}: {self.name} needs column(s) {', '.join(missing)} to restore its "
+                f"state; there are {', '.join(columns)}"
             )
+
+    def state_of(self, columns: Mapping[str, Any]) -> np.ndarray:
+        """The ``set_state`` vector(s) from info entries or dataset columns (last axis)."""
+        self.require_state_columns(columns, f"{self.name} state")
         return np.concatenate([np.atleast_1d(columns[k]) for k in self.state_keys], axis=-1)
+
+    def read_state(self, store: Any, rows: Any) -> np.ndarray:
+        """The ``set_state`` vectors of dataset ``rows`` (an EpisodeStore or alike)."""
+        return self.state_of({k: store.read(k, rows) for k in self.state_keys})
 
 
 _SPECS: dict[str, EnvSpec] = {

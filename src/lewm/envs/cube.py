@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm.envs.gl import ensure_gl_backend
-from lewm.envs.protocol import check_resolution, reset_options
+from lewm.envs.protocol import check_resolution, reset_options, state_vector
 
 CAMERA = "front_pixels"
 CUBE_JOINT = "object_joint_0"
@@ -65,7 +65,6 @@ class CubeEnv(gymnasium.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(5,), dtype=np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(28,), dtype=np.float32)
         self._goal = self.get_state()
-        self.last_observation, self.last_info = self.inner.compute_observation(), {}
         self._refresh()
 
     def reset(
@@ -150,14 +149,9 @@ class CubeEnv(gymnasium.Env):
         self.inner.post_step()
 
     def _as_state(self, value: Any, name: str) -> np.ndarray:
-        state = np.asarray(value, dtype=np.float64).reshape(-1)
-        size = self._nq + self._nv
-        if state.shape != (size,) or not np.all(np.isfinite(state)):
-            raise ValueError(
-                f"{name} must be {size} finite numbers (qpos {self._nq} then qvel {self._nv}), "
-                f"got shape {np.asarray(value).shape}"
-            )
-        return state
+        return state_vector(
+            value, name, self._nq + self._nv, f"qpos {self._nq} then qvel {self._nv}"
+        )
 
     def render(self) -> np.ndarray:
         return self.inner.render(camera=CAMERA)

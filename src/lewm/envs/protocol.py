@@ -30,6 +30,19 @@ def reset_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
+def state_vector(value: Any, name: str, size: int, layout: str) -> np.ndarray:
+    """A float64 state of ``size`` finite numbers (a copy), or an error naming the layout."""
+    try:
+        state = np.array(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be {size} finite numbers ({layout}), got {value!r}") from err
+    if state.shape != (size,) or not np.all(np.isfinite(state)):
+        raise ValueError(
+            f"{name} must be {size} finite numbers ({layout}), got shape {np.shape(value)}"
+        )
+    return state
+
+
 def start_and_goal(options: dict[str, Any], start: Any, goal: Any) -> tuple[Any, Any]:
     """The start and goal states, each taken from ``options`` where given there.
 

@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm.envs.gl import ensure_gl_backend
-from lewm.envs.protocol import check_resolution, reset_options, start_and_goal
+from lewm.envs.protocol import check_resolution, reset_options, start_and_goal, state_vector
 
 ACTION_REPEAT = 2
 SUCCESS_TOLERANCE = 0.05
@@ -38,13 +38,7 @@ def is_success(qpos: Any, target_qpos: Any) -> bool:
 
 
 def _as_state(value: Any, name: str) -> np.ndarray:
-    state = np.asarray(value, dtype=np.float64).reshape(-1)
-    if state.shape != (STATE_DIM,) or not np.all(np.isfinite(state)):
-        raise ValueError(
-            f"{name} must be {STATE_DIM} finite numbers (qpos shoulder, wrist; qvel shoulder, "
-            f"wrist), got {np.asarray(value).tolist()!r}"
-        )
-    return state
+    return state_vector(value, name, STATE_DIM, "qpos shoulder, wrist; qvel shoulder, wrist")
 
 
 def _load_physics() -> Any:

@@ -137,12 +137,7 @@ def run_protocol(
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
     (one planning call per replanning step for all of them); returns (rate, outcomes)."""
     spec = get_env_spec(env_name)
-    missing = [k for k in spec.state_keys if k not in store.columns]
-    if missing:
-        raise ValueError(
-            f"{store.path}: column(s) {', '.join(missing)} are needed to reset {env_name} to "
-            f"the dataset's start and goal states; the file has {', '.join(store.columns)}"
-        )
+    spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
         raise ValueError(f"eval.batch must be >= 1, got {cfg.batch}")
     starts = sample_start_rows(store, episodes, cfg.goal_offset, cfg.episodes, seed)
@@ -156,7 +151,7 @@ def run_protocol(
             obs, goal = [], []
             for env, i in zip(envs, ids, strict=False):
                 rows = np.array([starts[i], starts[i] + cfg.goal_offset])
-                state = spec.state_of({k: store.read(k, rows) for k in spec.state_keys})
+                state = spec.read_state(store, rows)
                 pixels = store.read("pixels", rows)
                 env.reset(
                     seed=episode_seed(seed, i), options={"state": state[0], "goal_state": state[1]}
