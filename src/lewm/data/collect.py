@@ -282,13 +282,14 @@ def collect(
         label += f" shard {index}/{count}"
     frames = 0
     started = time.perf_counter()
+    # The bar starts last, once the environment exists: a setup error then prints alone.
     with (
         _interrupt_check() as check_interrupt,
-        _progress(progress) as bar,
         EpisodeWriter(out, attrs=attrs) as writer,
         _episodes(
             spec.name, resolution, policy, seed, indices, min(workers, len(indices))
         ) as produced,
+        _progress(progress) as bar,
     ):
         task = bar.add_task(label, total=len(indices), fps=0.0)
         for episode in produced:
