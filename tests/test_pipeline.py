@@ -102,6 +102,25 @@ def test_eval_refuses_data_of_another_resolution(trained_run, tmp_path):
     assert "64x64" in result.output and "32x32" in result.output
 
 
+def test_eval_refuses_data_of_another_environment_or_action_size(trained_run, tmp_path):
+    from lewm.data import EpisodeStore, collect
+    from lewm.interop import write_official_layout
+
+    pusht = collect("pusht", 2, tmp_path / "pusht.h5", resolution=64, seed=0, progress=False)
+    with EpisodeStore(pusht) as store:
+        columns = {name: store.read(name, slice(None)) for name in store.columns}
+        columns |= {"ep_len": store.ep_len, "ep_offset": store.ep_offset}
+    columns["action"] = np.zeros((len(columns["action"]), 5), dtype=np.float32)
+    wide = write_official_layout(tmp_path / "wide.h5", columns)  # no env attribute
+    before = sorted((trained_run / "eval").rglob("*")) if (trained_run / "eval").exists() else []
+    for data, expected in ((pusht, "trained on tworoom but"), (wide, "plans 2-D actions")):
+        result = runner.invoke(app, ["eval", str(trained_run), "--data", str(data),
+                                     "--episodes", "1", "--no-progress"])
+        assert result.exit_code == 2 and expected in result.output, result.output
+    after = sorted((trained_run / "eval").rglob("*")) if (trained_run / "eval").exists() else []
+    assert after == before  # earlier results were not overwritten
+
+
 def test_missing_checkpoint_file_is_named(trained_run, tmp_path):
     (tmp_path / "config.json").write_text((trained_run / "config.json").read_text())
     with pytest.raises(CheckpointError, match="missing model.safetensors"):

@@ -247,7 +247,17 @@ def evaluate_run(
             f"images but {store.path} holds {store.image_size}x{store.image_size}; evaluate "
             "on data collected at the training resolution"
         )
-    env_name = store.env_name or cfg.env
+    if store.env_name and store.env_name != cfg.env:
+        raise CheckpointError(
+            f"{run_dir}: the run was trained on {cfg.env} but {store.path} holds "
+            f"{store.env_name} episodes; evaluate on data of the run's environment"
+        )
+    if store.action_dim != cfg.model.action_dim:
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint plans {cfg.model.action_dim}-D actions but "
+            f"{store.path} holds {store.action_dim}-D ones"
+        )
+    env_name = cfg.env
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
     planner: MPCPlanner | None = None
