@@ -10,6 +10,7 @@ from torch import nn
 
 from lewm.config import ModelConfig, preset
 from lewm.model import LeWM, effective_rank, embedding_std, recalibrate_batchnorm
+from lewm.model.vit import multihead_attention
 
 SMALL = ModelConfig(
     image_size=16, patch_size=8, enc_dim=48, enc_depth=1, enc_heads=2, enc_mlp=64,
@@ -175,6 +176,28 @@ def test_loss_runs_under_bf16_autocast() -> None:
     assert out["sigreg"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert model.encoder.patch_embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_bf16_attention_matches_float32_attention(causal: bool) -> None:
+    """bf16 on CPU takes the explicit-matmul path; it must attend like SDPA in float32:
+    same mask, same scale, same value mixing, within bf16 rounding."""
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 7, 3 * 32)
+    reference = multihead_attention(qkv, heads=2, causal=causal)
+    fast = multihead_attention(qkv.bfloat16(), heads=2, causal=causal)
+    assert fast.dtype == torch.bfloat16 and fast.shape == reference.shape == (4, 7, 32)
+    torch.testing.assert_close(fast.float(), reference, atol=0.03, rtol=0.03)
+    other = multihead_attention(qkv, heads=2, causal=not causal)
+    assert (other - reference).abs().max() > 0.1  # the check can tell the mask apart
+
+
+def test_cpu_bf16_attention_applies_dropout() -> None:
+    qkv = torch.randn(2, 5, 3 * 16).bfloat16()
+    first = multihead_attention(qkv, heads=2, causal=False, dropout_p=0.5)
+    second = multihead_attention(qkv, heads=2, causal=False, dropout_p=0.5)
+    assert not torch.equal(first, second)
+    assert torch.equal(multihead_attention(qkv, 2, False), multihead_attention(qkv, 2, False))
 
 
 def test_loss_rejects_clips_of_the_wrong_length() -> None:
