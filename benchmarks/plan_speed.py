@@ -5,10 +5,13 @@ The naive planner (written here, after le-wm's ``JEPA.get_cost``/``rollout``) en
 observation and the goal at every CEM iteration, re-runs the action encoder over the whole
 growing action sequence and the predictor over the whole window at every autoregressive
 step, and applies ``pred_proj`` to every window token. lewm's planner encodes once per plan
-and uses the cached window-prefix rollout. Both run the same CEM with the same seed, so
-their plans can be compared. Also reported: FLOPs per plan of both (counted by
-``torch.utils.flop_counter``), this CPU's matmul throughput, and batched planning.
+and uses the cached window-prefix rollout; with ``plan.compile`` that rollout also runs
+through ``torch.compile`` (timed after its one-off compile, which is reported). All run the
+same CEM with the same seed, so their plans can be compared. Also reported: FLOPs per plan
+of naive and fast (``torch.utils.flop_counter``), this CPU's matmul throughput, and batched
+planning.
 
+On CPU both run with glibc's allocator set as `lewm eval` sets it (``keep_freed_memory``).
 Weights are random, with the AdaLN modulation woken up (it starts at zero) so that actions
 matter; speed does not depend on the weights.
     python benchmarks/plan_speed.py --presets tiny paper
@@ -16,6 +19,8 @@ matter; speed does not depend on the weights.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import statistics
 import time
 
@@ -26,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lewm.config import PlanConfig, preset
 from lewm.data.normalize import Normalizer
-from lewm.device import resolve_device
+from lewm.device import keep_freed_memory, resolve_device
 from lewm.model import LeWM
 from lewm.plan.mpc import MPCPlanner, frames_to_tensor, goal_cost
 from lewm.plan.solvers import CEM
@@ -90,8 +95,12 @@ def main() -> None:
     parser = preset_parser(__doc__, "plan_speed")
     parser.add_argument("--plans", type=int, default=2, help="timed plans per method")
     parser.add_argument("--batch", type=int, default=10, help="environments per batched call")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time plan.compile (torch.compile of the rollout)")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as `lewm eval` does; naive and fast alike
     peak = matmul_gflops(device)
     print(f"matmul throughput ({device}, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
     rows = []
@@ -112,6 +121,9 @@ def main() -> None:
             return planner.plan(np.stack([obs] * batch), np.stack([goal] * batch),
                                 [torch.Generator().manual_seed(0) for _ in range(batch)])[1]
 
+        compiled = MPCPlanner(model, norm, dataclasses.replace(cfg.plan, compile=True),
+                              cfg.model.frameskip, a, device)
+
         def naive(model=model, cfg=cfg, obs=obs, goal=goal):
             return reference_plan(model, cfg.plan, obs, goal, 0, device)
 
@@ -123,6 +135,19 @@ def main() -> None:
             z0 = model.encode(frames_to_tensor(obs[None], device))
             gap = (reference_rollout(model, z0.expand(len(blocks), -1, -1), blocks)
                    - model.rollout(z0, blocks)).abs().max().item()
+        row_compiled = {}
+        if args.compile:
+            start = time.perf_counter()
+            fast(planner=compiled)  # the first call compiles
+            compile_seconds = time.perf_counter() - start
+            compiled_s, compiled_plan = timed(lambda f=fast, c=compiled: f(planner=c), args.plans)
+            t_compiled = statistics.median(compiled_s)
+            row_compiled = {
+                "compiled_seconds_per_plan": t_compiled, "compile_seconds": compile_seconds,
+                "compiled_speedup": statistics.median(naive_s) / t_compiled,
+                "compiled_max_abs_plan_difference_to_fast":
+                    (compiled_plan - fast_plan).abs().max().item(),
+            }  # fmt: skip
         naive_flops, fast_flops = flops(naive), flops(fast)
         t_naive, t_fast = statistics.median(naive_s), statistics.median(fast_s)
         row = {
@@ -139,6 +164,7 @@ def main() -> None:
             "naive_gflop_per_plan": naive_flops / 1e9, "fast_gflop_per_plan": fast_flops / 1e9,
             "fast_gflops_achieved": fast_flops / 1e9 / t_fast,
             "matmul_gflops_peak": peak,
+            **row_compiled,
         }
         rows.append(row)
         print(f"{name:6s} naive {t_naive:7.3f} s/plan ({row['naive_gflop_per_plan']:.1f} GFLOP)"
@@ -149,6 +175,11 @@ def main() -> None:
               f"{row['batched_seconds_per_env_plan']:.3f} s per env-plan"
               f" | max |dz| {gap:.1e}, plans identical: {row['plans_identical']}"
               f" (max diff {row['max_abs_plan_difference']:.1e})")
+        if row_compiled:
+            print(f"{name:6s} plan.compile: {row['compiled_seconds_per_plan']:.3f} s/plan "
+                  f"(x{row['compiled_speedup']:.2f} vs naive) after a {compile_seconds:.0f} s "
+                  f"compile; max plan diff to fast "
+                  f"{row['compiled_max_abs_plan_difference_to_fast']:.1e}")
     write_rows(rows, args.out)
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages for headless MuJoCo rendering (Reacher, Cube): EGL on Mesa or NVIDIA,
-# and OSMesa as the fallback (see lewm.envs.gl). Installs only what is missing, so a
+# and OSMesa as the fallback (see lewm.envs.gl); g++ for plan.compile on CPU (inductor
+# compiles C++ kernels). Installs only what is missing, so a
 # prepared machine is not touched and needs no root.
 set -euo pipefail
-PACKAGES=(libegl1 libegl-mesa0 libgl1 libopengl0 libgl1-mesa-dri libosmesa6)
+PACKAGES=(libegl1 libegl-mesa0 libgl1 libopengl0 libgl1-mesa-dri libosmesa6 g++)
 
 if ! command -v dpkg >/dev/null 2>&1; then
   echo "system-deps: not a Debian system; install EGL or OSMesa for MuJoCo yourself" >&2

@@ -180,3 +180,26 @@ def test_batched_planning_equals_planning_each_environment(trained_run):
         alone, _ = planner.plan(obs[i : i + 1], goals[i : i + 1],
                                 [torch.Generator().manual_seed(s)])
         np.testing.assert_allclose(together[i], alone[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["cem", "icem", "gradient"])
+def test_compiled_rollout_plans_as_the_eager_one(trained_run, solver):
+    """plan.compile changes the speed only: the same plans, also for iCEM's shrinking
+    population (new shapes) and the gradient solver (which keeps the eager rollout)."""
+    from torch._dynamo.utils import counters
+
+    from lewm.config import PlanConfig
+    from lewm.plan.mpc import MPCPlanner
+
+    ckpt = load_checkpoint(trained_run)
+    rng = np.random.default_rng(1)
+    obs = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    goals = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    plans, graphs = [], counters["stats"]["unique_graphs"]
+    for compiled in (False, True):
+        cfg = PlanConfig(solver=solver, samples=16, elites=4, iterations=3, compile=compiled)
+        planner = MPCPlanner(ckpt.model, ckpt.normalizer, cfg, 5, 2, torch.device("cpu"))
+        assert (planner.compiled_rollout is not None) == compiled
+        plans.append(planner.plan(obs, goals, [torch.Generator().manual_seed(s) for s in (1, 2)]))
+    assert (counters["stats"]["unique_graphs"] > graphs) == (solver != "gradient")
+    np.testing.assert_allclose(plans[1][0], plans[0][0], atol=1e-5)

@@ -1,6 +1,10 @@
-"""One place that turns ``--device auto|cpu|cuda|mps`` into a torch device."""
+"""One place that turns ``--device auto|cpu|cuda|mps`` into a torch device, and the one
+process-level CPU setting that planning needs."""
 
 from __future__ import annotations
+
+import ctypes
+import platform
 
 import torch
 
@@ -21,3 +25,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available on this machine")
     return torch.device(name)
+
+
+# glibc's mallopt parameters (malloc.h) and the largest value it takes.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_LARGEST = 2**31 - 1
+
+
+def keep_freed_memory() -> bool:
+    """Serve large CPU tensors from the heap and keep freed memory in the process (glibc).
+
+    glibc maps every allocation above an adaptive threshold (32 MiB at most) fresh from the
+    kernel and unmaps it on free, so each such tensor pays a page fault per 4 KiB when first
+    written. The cached rollout keeps every step's keys and values alive while it allocates
+    the next step's, which defeats the adaptive threshold: a paper-preset CEM plan on CPU
+    spent 1.3 s of 9.5 in page faults, and a batch of 10 environments (tensors over 32 MiB)
+    took 15.8 s per environment instead of 8.0. Raising both thresholds to 2 GiB trades a
+    process that keeps its peak memory for none of that. Returns whether it applied (only
+    where the C library is glibc).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    return all(
+        libc.mallopt(param, ctypes.c_int(_LARGEST)) == 1
+        for param in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD)
+    )

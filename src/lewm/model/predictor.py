@@ -180,6 +180,8 @@ class Predictor(nn.Module):
         last = h + horizon - 1
         needed = sorted({max(0, end - self.history) for end in range(h, last + 1)})
         caches: dict[int, list[KV]] = {s: [([], []) for _ in range(depth)] for s in needed}
+        # The modulation depends on a token's own block only: one matmul per layer for all.
+        modulations = [layer.adaLN_modulation(c) for layer in self.transformer.layers]
         tokens = list(z.unbind(1))
         for t in range(last):
             windows = [s for s in needed if s <= t < s + self.history]
@@ -189,9 +191,7 @@ class Predictor(nn.Module):
             for i, layer in enumerate(self.transformer.layers):
                 final = i == depth - 1
                 keep = ([windows.index(read)] if read is not None else []) if final else every
-                x = layer.step(
-                    x, layer.adaLN_modulation(c[:, t]), [caches[s][i] for s in windows], keep
-                )
+                x = layer.step(x, modulations[i][:, t], [caches[s][i] for s in windows], keep)
             for s in windows:
                 if t == s + self.history - 1:
                     del caches[s]

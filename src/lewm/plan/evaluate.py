@@ -17,7 +17,7 @@ from rich.progress import Progress
 from lewm.checkpoint import CheckpointError, load_checkpoint
 from lewm.config import EvalConfig, apply_overrides
 from lewm.data import EpisodeStore, split_episodes
-from lewm.device import resolve_device
+from lewm.device import keep_freed_memory, resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text
 from lewm.plan.mpc import MPCPlanner
@@ -227,6 +227,8 @@ def evaluate_run(
     ``None`` keeps the run's ``plan.solver``.
     """
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        keep_freed_memory()
     ckpt = load_checkpoint(run_dir, torch_device)
     cfg = ckpt.config
     if plan_overrides:

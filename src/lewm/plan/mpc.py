@@ -61,6 +61,12 @@ class MPCPlanner:
         self.action_dim = action_dim
         self.device = device
         self.solver = make_solver(cfg)
+        # Frozen weights let inductor fold them into packed matmuls; planning never changes them.
+        self.compiled_rollout = (
+            torch.compile(model.rollout, options={"freezing": True})
+            if cfg.compile
+            else None
+        )
         self.call_seconds: list[float] = []
         self.call_sizes: list[int] = []
 
@@ -84,7 +90,9 @@ class MPCPlanner:
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
             samples = candidates.shape[1]
-            predicted = self.model.rollout(
+            compiled = self.compiled_rollout is not None and not torch.is_grad_enabled()
+            rollout = self.compiled_rollout if compiled else self.model.rollout
+            predicted = rollout(
                 z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1)
             )
             target = z_goal.repeat_interleave(samples, dim=0)
