@@ -100,3 +100,17 @@ def test_training_data_of_the_wrong_resolution(tmp_path, tworoom_file):
 def test_eval_without_a_checkpoint(tmp_path):
     out = invoke_fails(["eval", str(tmp_path / "norun"), "--no-progress"])
     assert "norun" in out
+
+
+@pytest.mark.parametrize("compile_seconds", [None, 12.5])
+def test_eval_table_reports_compile_time_apart(capsys, tmp_path, compile_seconds):
+    from lewm.cli import print_eval
+
+    result = {"settings": {"env": "tworoom", "solver": "cem"}, "episodes": [{}] * 4,
+              "success_rate": 0.75, "plan_seconds_mean": 0.5, "plan_seconds_median": 0.4,
+              "plan_seconds_per_env": 0.25, "envs_per_call_mean": 2.0,
+              "compile_seconds": compile_seconds}  # fmt: skip
+    print_eval(result, tmp_path / "cem_seed42.json")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "75.0%" in out and "0.500 / 0.400" in out
+    assert ("12.5 s compiling" in out) == (compile_seconds is not None)

@@ -196,6 +196,9 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
         "-" if per_env is None else f"{per_env:.3f}",
     )
     console.print(table)
+    if result.get("compile_seconds") is not None:
+        console.print(f"plan.compile: {result['compile_seconds']:.1f} s compiling, not in the "
+                      "plan times")  # fmt: skip
     console.print(f"results: {path}\nGIFs: {path.with_suffix('')}/")
 
 
