@@ -29,7 +29,7 @@ from lewm.config import ModelConfig, preset
 from lewm.device import resolve_device
 from lewm.model import LeWM
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
-from lewm.model.vit import MLP, SelfAttention
+from lewm.model.vit import MLP, SelfAttention, explicit_attention
 
 DEFAULT_BATCH = {"tiny": 64, "paper": 16}
 # Relative loss tolerance against the float32 reference on the same batch and directions:
@@ -38,22 +38,13 @@ LOSS_RTOL = {"fp32": 1e-4, "bf16": 3e-2}
 
 
 # ---------------------------------------------------------------- the reference model
-def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout: float) -> Tensor:
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if causal:
-        t = scores.shape[-1]
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(1)
-        scores = scores.masked_fill(mask, float("-inf"))
-    return F.dropout(scores.softmax(-1), dropout) @ v
-
-
 class RefSelfAttention(SelfAttention):
     """lewm's parameters (so weights load by name), the reference's explicit softmax."""
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return self.proj(softmax_attention(q, k, v, False, 0.0).transpose(1, 2).reshape(b, t, -1))
+        return self.proj(explicit_attention(q, k, v, False, 0.0).transpose(1, 2).reshape(b, t, -1))
 
 
 class RefBlock(nn.Module):
@@ -125,7 +116,7 @@ class RefCausalAttention(nn.Module):
         b, t, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         dropout = self.dropout if self.training else 0.0
-        out = softmax_attention(*qkv, True, dropout)
+        out = explicit_attention(*qkv, True, dropout)
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -30,13 +30,15 @@ def multihead_attention(qkv: Tensor, heads: int, causal: bool, dropout_p: float 
     b, t, _ = qkv.shape
     q, k, v = qkv.view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
     if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
-        out = _explicit_attention(q, k, v, causal, dropout_p)
+        out = explicit_attention(q, k, v, causal, dropout_p)
     else:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
     return out.transpose(1, 2).reshape(b, t, -1)
 
 
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float) -> Tensor:
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float) -> Tensor:
+    """softmax(q·kᵀ/√d)·v written out, no fused kernel: lewm's bf16 CPU path, and the
+    reference model's attention in ``benchmarks/train_speed.py``."""
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     if causal:
         t = scores.shape[-1]
