@@ -207,3 +207,19 @@ def test_compiled_rollout_plans_as_the_eager_one(trained_run, solver):
     assert (planner.compile_seconds > 0) == (solver != "gradient")
     if solver == "cem":
         assert planner.call_seconds[0] < planner.compile_seconds
+
+
+def test_compiled_rollout_freezes_the_weights(trained_run):
+    """plan.compile folds the weights into the graph (what lets inductor pack them for its
+    matmuls): a weight changed after the first plan is not seen by the compiled rollout."""
+    from lewm.plan.mpc import compile_frozen
+
+    model = load_checkpoint(trained_run).model
+    z, blocks = torch.randn(4, 1, model.cfg.embed_dim), torch.randn(4, 5, model.cfg.block_dim)
+    rollout = compile_frozen(model.rollout)
+    with torch.no_grad():
+        before = rollout(z, blocks)
+        torch.testing.assert_close(before, model.rollout(z, blocks), atol=1e-5, rtol=1e-5)
+        model.predictor.transformer.layers[0].attn.to_out[0].weight.mul_(2)
+        assert not torch.allclose(model.rollout(z, blocks), before, atol=1e-3)
+        torch.testing.assert_close(rollout(z, blocks), before, atol=0, rtol=0)

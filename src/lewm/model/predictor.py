@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lewm.model.vit import multihead_attention
@@ -97,18 +98,33 @@ class ConditionalBlock(nn.Module):
         earlier position; this token's are appended. The new token is the last of its window,
         so it sees every cached key and no mask is needed. Only the rows in ``keep`` go on
         through the attention output and the MLP: the last layer of a window that is not
-        read out this step needs its keys and values only.
+        read out this step needs its keys and values only. Queries are computed only where
+        they are used: a token alone in its window attends to itself with weight exactly 1,
+        so its attention output is its own value.
         """
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
         wins, batch, _ = x.shape
-        qkv = self.attn.to_qkv(self.attn.norm(modulate(self.norm(x), shift1, scale1)))
-        q, k, v = qkv.view(wins, batch, 3, self.attn.heads, -1).unbind(2)
+        heads = self.attn.heads
+        h = self.attn.norm(modulate(self.norm(x), shift1, scale1))
+        weight = self.attn.to_qkv.weight  # rows: queries, then keys, then values
+        inner = weight.shape[0] // 3
+        k, v = F.linear(h, weight[inner:]).view(wins, batch, 2, heads, -1).unbind(2)
         for i, (keys, values) in enumerate(caches):
             keys.append(k[i])
             values.append(v[i])
         if not keep:
             return x[:0]
-        attended = torch.stack([_attend_last(q[i], *caches[i]) for i in keep])
+        asking = [i for i in keep if len(caches[i][0]) > 1]
+        queries: dict[int, Tensor] = {}
+        if asking:
+            q = F.linear(h[asking], weight[:inner]).view(len(asking), batch, heads, -1)
+            queries = dict(zip(asking, q.unbind(0), strict=True))
+        attended = torch.stack(
+            [
+                _attend_last(queries[i], *caches[i]) if i in queries else v[i].reshape(batch, -1)
+                for i in keep
+            ]
+        )
         x = x[keep] + gate1 * self.attn.to_out(attended)
         return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
 

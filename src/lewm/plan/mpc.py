@@ -9,10 +9,12 @@ generator, so the plans do not depend on how environments are grouped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import torch
+import torch._inductor.config as inductor_config
 
 from lewm.config import PlanConfig
 from lewm.data.clips import pixels_tensor
@@ -34,6 +36,24 @@ def goal_cost(predicted: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, 3) frames -> uint8 (N, 1, 3, H, W): one-frame clips for ``encode``."""
     return pixels_tensor(frames)[:, None].to(device)
+
+
+def compile_frozen(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``torch.compile`` with the weights folded into the graph as constants, so that inductor
+    packs them once for its matmuls (MKL's packed GEMM on x86) instead of at every call.
+
+    Planning never changes the weights, but a planner compiled this way keeps the weights it
+    first saw. Dynamo decides whether parameters may be frozen while it traces, from the
+    global inductor config: ``torch.compile(..., options={"freezing": True})`` alone leaves
+    them graph inputs (torch 2.13), so every call, recompiles included, runs under the patch.
+    """
+    compiled = torch.compile(fn)
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(*args)
+
+    return call
 
 
 class MPCPlanner:
@@ -61,12 +81,9 @@ class MPCPlanner:
         self.action_dim = action_dim
         self.device = device
         self.solver = make_solver(cfg)
-        # Frozen weights let inductor fold them into packed matmuls; planning never changes
-        # them. The gradient solver differentiates the rollout, so it keeps the eager one.
+        # The gradient solver differentiates the rollout, so it keeps the eager one.
         self.compiled_rollout = (
-            torch.compile(model.rollout, options={"freezing": True})
-            if cfg.compile and cfg.solver != "gradient"
-            else None
+            compile_frozen(model.rollout) if cfg.compile and cfg.solver != "gradient" else None
         )
         self.call_seconds: list[float] = []
         self.call_sizes: list[int] = []
