@@ -14,7 +14,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch._inductor.config as inductor_config
 
 from lewm.config import PlanConfig
 from lewm.data.clips import pixels_tensor
@@ -47,6 +46,8 @@ def compile_frozen(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
     global inductor config: ``torch.compile(..., options={"freezing": True})`` alone leaves
     them graph inputs (torch 2.13), so every call, recompiles included, runs under the patch.
     """
+    import torch._inductor.config as inductor_config  # 0.7 s to import: only when compiling
+
     compiled = torch.compile(fn)
 
     def call(*args: torch.Tensor) -> torch.Tensor:
