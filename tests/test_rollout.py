@@ -77,3 +77,41 @@ def test_cem_plans_the_same_through_the_cached_and_the_naive_rollout():
         )
     torch.testing.assert_close(fast, naive, atol=1e-6, rtol=0)
     assert (fast - other).abs().max() > 1e-3  # the plan does depend on the draws
+
+
+def test_rollout_does_only_the_matmuls_an_exact_rollout_needs():
+    """Known answer, one context frame, horizon 5, window 3: nine token passes per layer
+    (windows 0, 1 and 2 each built token by token); queries only for the six passes with an
+    earlier token in their window; in the last layer, the output projection and MLP only for
+    the five read-out passes, of which four need a query. The modulation is one pass per
+    token and layer. Fails if queries are computed for a lone token, or if a window is
+    recomputed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_with_history(3)
+    samples, horizon = 4, 5
+    z, blocks = torch.randn(samples, 1, 32), torch.randn(samples, horizon, model.cfg.block_dim)
+    layer = model.predictor.transformer.layers[0]
+    dim, inner = layer.attn.to_qkv.in_features, layer.attn.to_qkv.out_features // 3
+    hidden, depth = layer.mlp.net[1].out_features, len(model.predictor.transformer.layers)
+
+    def rows_flops(rows: int, fan_in: int, fan_out: int) -> int:
+        return 2 * samples * rows * fan_in * fan_out
+
+    def block_flops(passes: int, queries: int, kept: int) -> int:
+        return (rows_flops(passes, dim, 2 * inner) + rows_flops(queries, dim, inner)
+                + rows_flops(kept, inner, dim) + 2 * rows_flops(kept, dim, hidden))
+
+    expected = ((depth - 1) * block_flops(9, 6, 9) + block_flops(9, 4, 5)
+                + depth * rows_flops(horizon, dim, 6 * dim))
+    counted = {}
+    for name, run in (
+        ("rollout", lambda: model.rollout(z, blocks)),
+        ("actions", lambda: model.embed_actions(blocks)),
+        ("readout", lambda: model.pred_proj(torch.randn(samples * horizon, dim))),
+    ):
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            run()
+        counted[name] = counter.get_total_flops()
+    assert counted["rollout"] - counted["actions"] - counted["readout"] == expected
