@@ -10,7 +10,9 @@ through ``torch.compile`` (timed after its one-off compile, which is reported). 
 same CEM with the same seed, so their plans can be compared. Their timed plans are taken in
 turn (naive, fast, compiled, naive, ...), so that the drifting speed of a shared CPU does not
 favour one of them. Also reported: FLOPs per plan of naive and fast
-(``torch.utils.flop_counter``), this CPU's matmul throughput, and batched planning.
+(``torch.utils.flop_counter``), this CPU's matmul throughput, batched planning, and
+``plan.precision=bf16`` (compiled too, under ``--compile``), which is faster where bf16
+matmuls are, but plans differently from float32 and so is kept apart from the exact figures.
 
 Plans are compared, not only embeddings. The rollouts agree to float rounding (about 1e-7),
 but CEM's late iterations rank candidates whose costs differ by less than that rounding can
@@ -110,6 +112,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="environments per batched call")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time plan.compile (torch.compile of the rollout)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time plan.precision=bf16 (with plan.compile under --compile)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -143,6 +147,11 @@ def main() -> None:
             compiled = MPCPlanner(model, norm, dataclasses.replace(cfg.plan, compile=True),
                                   cfg.model.frameskip, a, device)
             methods["compiled"] = lambda f=fast, c=compiled: f(planner=c)  # compiles at once
+        if args.bf16:
+            low = MPCPlanner(model, norm, dataclasses.replace(cfg.plan, precision="bf16",
+                                                              compile=args.compile),
+                             cfg.model.frameskip, a, device)
+            methods["bf16"] = lambda f=fast, p=low: f(planner=p)
         seconds, plans = timed(methods, args.plans)
         naive_s, fast_s, naive_plan, fast_plan = (
             seconds["naive"], seconds["fast"], plans["naive"], plans["fast"])
@@ -151,11 +160,11 @@ def main() -> None:
             z0 = model.encode(frames_to_tensor(obs[None], device))
             gap = (reference_rollout(model, z0.expand(len(blocks), -1, -1), blocks)
                    - model.rollout(z0, blocks)).abs().max().item()
-        row_compiled = {}
+        extra: dict[str, float] = {}
         if args.compile:
             compiled_plan = plans["compiled"]
             t_compiled = statistics.median(seconds["compiled"])
-            row_compiled = {
+            extra = {
                 "compiled_seconds_per_plan": t_compiled,
                 "compile_seconds": compiled.compile_seconds,
                 "compiled_speedup": statistics.median(naive_s) / t_compiled,
@@ -163,6 +172,15 @@ def main() -> None:
                     (compiled_plan - naive_plan).abs().max().item(),
                 "compiled_max_abs_plan_difference_to_fast":
                     (compiled_plan - fast_plan).abs().max().item(),
+            }  # fmt: skip
+        if args.bf16:
+            t_low = statistics.median(seconds["bf16"])
+            extra |= {
+                "bf16_seconds_per_plan": t_low,
+                "bf16_compile_seconds": low.compile_seconds,
+                "bf16_speedup": statistics.median(naive_s) / t_low,
+                "bf16_max_abs_plan_difference_to_naive":
+                    (plans["bf16"] - naive_plan).abs().max().item(),
             }  # fmt: skip
         # Batched last: its tensors are ten times a single plan's.
         batch_s = timed({"batched": lambda fast=fast: fast(args.batch)}, 1)[0]["batched"]
@@ -182,7 +200,7 @@ def main() -> None:
             "naive_gflop_per_plan": naive_flops / 1e9, "fast_gflop_per_plan": fast_flops / 1e9,
             "fast_gflops_achieved": fast_flops / 1e9 / t_fast,
             "matmul_gflops_peak": peak,
-            **row_compiled,
+            **extra,
         }
         rows.append(row)
         print(f"{name:6s} naive {t_naive:7.3f} s/plan ({row['naive_gflop_per_plan']:.1f} GFLOP)"
@@ -193,12 +211,17 @@ def main() -> None:
               f"{row['batched_seconds_per_env_plan']:.3f} s per env-plan"
               f" | max |dz| {gap:.1e}, plans identical: {row['plans_identical']}"
               f" (max diff {row['max_abs_plan_difference']:.1e})")
-        if row_compiled:
+        if args.compile:
             print(f"{name:6s} plan.compile: {row['compiled_seconds_per_plan']:.3f} s/plan "
                   f"(x{row['compiled_speedup']:.2f} vs naive) after a "
                   f"{row['compile_seconds']:.0f} s compile; max plan diff to naive "
                   f"{row['compiled_max_abs_plan_difference_to_naive']:.1e}, to fast "
                   f"{row['compiled_max_abs_plan_difference_to_fast']:.1e}")
+        if args.bf16:
+            print(f"{name:6s} plan.precision=bf16{' + compile' if args.compile else ''}: "
+                  f"{row['bf16_seconds_per_plan']:.3f} s/plan "
+                  f"(x{row['bf16_speedup']:.2f} vs naive); max plan diff to naive "
+                  f"{row['bf16_max_abs_plan_difference_to_naive']:.1e} (not float32's plans)")
     write_rows(rows, args.out)
 
 

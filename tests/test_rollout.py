@@ -115,3 +115,29 @@ def test_rollout_does_only_the_matmuls_an_exact_rollout_needs():
             run()
         counted[name] = counter.get_total_flops()
     assert counted["rollout"] - counted["actions"] - counted["readout"] == expected
+
+
+def test_bf16_planning_rolls_out_in_bf16_and_returns_float32():
+    """plan.precision=bf16: the rollout runs under bf16 autocast (close to float32, not
+    equal) and hands float32 embeddings to the cost; an unknown precision is refused."""
+    import dataclasses
+
+    import numpy as np
+
+    from lewm.config import PlanConfig
+    from lewm.data.normalize import Normalizer
+    from lewm.plan.mpc import MPCPlanner
+
+    model = model_with_history(3)
+    a = model.cfg.action_dim
+    norm = Normalizer(mean={"action": np.zeros(a)}, std={"action": np.ones(a)})
+    cfg = PlanConfig(samples=8, elites=2, iterations=2, precision="bf16")
+    planner = MPCPlanner(model, norm, cfg, model.cfg.frameskip, a, torch.device("cpu"))
+    z, blocks = torch.randn(6, 1, 32), torch.randn(6, 5, model.cfg.block_dim)
+    with torch.no_grad():
+        low, full = planner.rollout(z, blocks), model.rollout(z, blocks)
+    assert low.dtype == torch.float32
+    assert 0 < (low - full).abs().max() < 0.05 * full.abs().max()
+    with pytest.raises(ValueError, match="plan.precision"):
+        MPCPlanner(model, norm, dataclasses.replace(cfg, precision="fp16"),
+                   model.cfg.frameskip, a, torch.device("cpu"))

@@ -37,6 +37,25 @@ def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
     return pixels_tensor(frames)[:, None].to(device)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def with_precision(rollout: Rollout, dtype: torch.dtype | None) -> Rollout:
+    """The rollout under autocast to ``dtype`` (None: as it is), returning float32 embeddings
+    so that costs and CEM's statistics stay in float32. The autocast is inside the function,
+    so that ``torch.compile`` traces it as part of the graph."""
+    if dtype is None:
+        return rollout
+
+    def autocast_rollout(z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, dtype=dtype):
+            return rollout(z, blocks).float()
+
+    return autocast_rollout
+
+
 def compile_frozen(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``torch.compile`` with the weights folded into the graph as constants, so that inductor
     packs them once for its matmuls (MKL's packed GEMM on x86) instead of at every call.
@@ -82,9 +101,14 @@ class MPCPlanner:
         self.action_dim = action_dim
         self.device = device
         self.solver = make_solver(cfg)
+        if cfg.precision not in PRECISIONS:
+            raise ValueError(
+                f"plan.precision must be one of {sorted(PRECISIONS)}, got {cfg.precision!r}"
+            )
+        self.rollout = with_precision(model.rollout, PRECISIONS[cfg.precision])
         # The gradient solver differentiates the rollout, so it keeps the eager one.
         self.compiled_rollout = (
-            compile_frozen(model.rollout) if cfg.compile and cfg.solver != "gradient" else None
+            compile_frozen(self.rollout) if cfg.compile and cfg.solver != "gradient" else None
         )
         self.call_seconds: list[float] = []
         self.call_sizes: list[int] = []
@@ -114,7 +138,7 @@ class MPCPlanner:
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
             samples = candidates.shape[1]
-            rollout = self.compiled_rollout or self.model.rollout
+            rollout = self.compiled_rollout or self.rollout
             predicted = rollout(
                 z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1)
             )
