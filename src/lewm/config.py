@@ -106,9 +106,10 @@ class PlanConfig:
     ``gradient``; ``elites`` is used by cem and icem; the ``icem_``, ``mppi_`` and ``grad_``
     fields tune only their solver. ``warm_start`` starts each plan from the previous plan's
     unexecuted tail instead of from zero. ``compile`` runs the latent rollout through
-    ``torch.compile`` with the weights frozen: the same plans, 1.3× (paper) to 1.6× (tiny)
-    faster on CPU, after a one-off compile of 20–45 s per batch shape (on CPU it needs a
-    C++ compiler); the gradient solver, which needs autograd, keeps the eager rollout.
+    ``torch.compile`` with the weights frozen: the same rollout to float rounding, 1.3×
+    (paper) to 1.6× (tiny) faster on CPU, after a one-off compile of 20–45 s per batch shape
+    (on CPU it needs a C++ compiler); the gradient solver, which needs autograd, keeps the
+    eager rollout.
     ``precision="bf16"`` runs the rollout under bfloat16 autocast (costs stay float32):
     faster where the hardware has bf16 matmuls (AMX CPUs, GPUs), but plans are no longer
     those of float32, since late CEM iterations rank candidates closer than bf16 resolves.
