@@ -138,7 +138,6 @@ def main() -> None:
             return planner.plan(np.stack([obs] * batch), np.stack([goal] * batch),
                                 [torch.Generator().manual_seed(0) for _ in range(batch)])[1]
 
-
         def naive(model=model, cfg=cfg, obs=obs, goal=goal):
             return reference_plan(model, cfg.plan, obs, goal, 0, device)
 

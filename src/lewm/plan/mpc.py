@@ -56,7 +56,7 @@ def with_precision(rollout: Rollout, dtype: torch.dtype | None) -> Rollout:
     return autocast_rollout
 
 
-def compile_frozen(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def compile_frozen(fn: Rollout) -> Rollout:
     """``torch.compile`` with the weights folded into the graph as constants, so that inductor
     packs them once for its matmuls (MKL's packed GEMM on x86) instead of at every call.
 
@@ -69,9 +69,9 @@ def compile_frozen(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
 
     compiled = torch.compile(fn)
 
-    def call(*args: torch.Tensor) -> torch.Tensor:
+    def call(z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         with inductor_config.patch(freezing=True):
-            return compiled(*args)
+            return compiled(z, blocks)
 
     return call
 
