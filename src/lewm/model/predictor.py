@@ -91,42 +91,40 @@ class ConditionalBlock(nn.Module):
         x = x + gate1 * self.attn(modulate(self.norm(x), shift1, scale1))
         return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
 
-    def step(self, x: Tensor, modulation: Tensor, caches: list[KV], keep: list[int]) -> Tensor:
-        """One new token in each of several windows: x (W, B, dim), all at their windows' end.
+    def extend(self, x: Tensor, modulation: Tensor, cache: KV, final: bool) -> Tensor:
+        """New tokens at the end of one window: x (n, B, dim), token-major, after the
+        ``len(cache[0])`` tokens whose keys and values ``cache`` holds; theirs are appended.
 
-        ``caches[i]`` holds window i's keys and values, one (B, heads, dim_head) tensor per
-        earlier position; this token's are appended. The new token is the last of its window,
-        so it sees every cached key and no mask is needed. Only the rows in ``keep`` go on
-        through the attention output and the MLP: the last layer of a window that is not
-        read out this step needs its keys and values only. Queries are computed only where
-        they are used: a token alone in its window attends to itself with weight exactly 1,
-        so its attention output is its own value.
+        Token j sees the cached keys and the new ones up to its own (causal). Queries are
+        computed only where they are used: a token alone in its window attends to itself
+        with weight exactly 1, so its attention output is its own value. In the ``final``
+        layer only the last token goes on through the attention output and the MLP: the
+        others are needed for their keys and values only.
         """
         shift1, scale1, gate1, shift2, scale2, gate2 = modulation.chunk(6, dim=-1)
-        wins, batch, _ = x.shape
+        n, batch, _ = x.shape
         heads = self.attn.heads
         h = self.attn.norm(modulate(self.norm(x), shift1, scale1))
         weight = self.attn.to_qkv.weight  # rows: queries, then keys, then values
         inner = weight.shape[0] // 3
-        k, v = F.linear(h, weight[inner:]).view(wins, batch, 2, heads, -1).unbind(2)
-        for i, (keys, values) in enumerate(caches):
-            keys.append(k[i])
-            values.append(v[i])
-        if not keep:
-            return x[:0]
-        asking = [i for i in keep if len(caches[i][0]) > 1]
-        queries: dict[int, Tensor] = {}
-        if asking:
-            q = F.linear(h[asking], weight[:inner]).view(len(asking), batch, heads, -1)
-            queries = dict(zip(asking, q.unbind(0), strict=True))
-        attended = torch.stack(
-            [
-                _attend_last(queries[i], *caches[i]) if i in queries else v[i].reshape(batch, -1)
-                for i in keep
-            ]
-        )
-        x = x[keep] + gate1 * self.attn.to_out(attended)
-        return x + gate2 * self.mlp(modulate(self.norm(x), shift2, scale2))
+        k, v = F.linear(h, weight[inner:]).view(n, batch, 2, heads, -1).unbind(2)
+        keys, values = cache
+        before = len(keys)
+        keys.extend(k.unbind(0))
+        values.extend(v.unbind(0))
+        first = n - 1 if final else 0
+        asking = max(first, 1 - before)  # the first new token with an earlier one to see
+        rows = []
+        if first < asking:
+            rows.append(v[first].reshape(batch, -1))
+        if asking < n:
+            q = F.linear(h[asking:], weight[:inner]).view(n - asking, batch, heads, -1)
+            rows.extend(
+                _attend_last(q[j - asking], keys[: before + j + 1], values[: before + j + 1])
+                for j in range(asking, n)
+            )
+        x = x[first:] + gate1[first:] * self.attn.to_out(torch.stack(rows))
+        return x + gate2[first:] * self.mlp(modulate(self.norm(x), shift2[first:], scale2[first:]))
 
 
 class Predictor(nn.Module):
@@ -180,11 +178,14 @@ class Predictor(nn.Module):
 
         Re-indexed positions forbid a plain KV cache: when the window slides, every token
         moves to a new position and its keys and values change. But a token's states depend
-        only on its own window's earlier tokens (causality), so each window that a step reads
-        out is built incrementally, one token per step, as soon as the token exists; the
-        windows alive at a step each take the same new token, at their own positions, in one
-        batched pass. The action modulation depends only on the token's own block, so it is
-        computed once per token, not once per window.
+        only on its own window's earlier tokens (causality). So the first window, which does
+        not slide until it is full, grows one token per step over a cache; every later window
+        is new when it is read out, and all its tokens exist by then, so it runs once as a
+        whole, token-major (T, B, dim), with queries only where a token has an earlier one to
+        see and its last layer only for the token read out. Windows are taken one at a time,
+        so each one's keys and values are used while they are still in cache. The action
+        modulation depends only on the token's own block, so it is computed once per token,
+        not once per window.
 
         z (B, h, dim) real context, c (B, h-1+horizon, dim) action embeddings (token i pairs
         with c[:, i]); ``readout`` maps a final-norm output to the next token (pred_proj).
@@ -192,25 +193,18 @@ class Predictor(nn.Module):
         """
         if self.training:
             raise RuntimeError("Predictor.rollout runs in eval mode (dropout off)")
-        h, depth = z.shape[1], len(self.transformer.layers)
-        last = h + horizon - 1
-        needed = sorted({max(0, end - self.history) for end in range(h, last + 1)})
-        caches: dict[int, list[KV]] = {s: [([], []) for _ in range(depth)] for s in needed}
-        # The modulation depends on a token's own block only: one matmul per layer for all.
-        modulations = [layer.adaLN_modulation(c) for layer in self.transformer.layers]
+        h, layers = z.shape[1], self.transformer.layers
+        modulations = [layer.adaLN_modulation(c.transpose(0, 1)) for layer in layers]
         tokens = list(z.unbind(1))
-        for t in range(last):
-            windows = [s for s in needed if s <= t < s + self.history]
-            read = max(0, t + 1 - self.history) if t + 1 >= h else None
-            x = torch.stack([tokens[t] + self.pos_embedding[0, t - s] for s in windows])
-            every = list(range(len(windows)))
-            for i, layer in enumerate(self.transformer.layers):
-                final = i == depth - 1
-                keep = ([windows.index(read)] if read is not None else []) if final else every
-                x = layer.step(x, modulations[i][:, t], [caches[s][i] for s in windows], keep)
-            for s in windows:
-                if t == s + self.history - 1:
-                    del caches[s]
-            if read is not None:
-                tokens.append(readout(self.transformer.norm(x[0])))
+        start, caches = -1, []
+        while len(tokens) < h + horizon:
+            end = len(tokens)  # the window ending at the newest token predicts token ``end``
+            if max(0, end - self.history) != start:
+                start, caches = max(0, end - self.history), [([], []) for _ in layers]
+            done = start + len(caches[0][0])  # tokens before ``done`` are in the cache
+            pos = self.pos_embedding[0, done - start : end - start, None]
+            x = torch.stack(tokens[done:end]) + pos
+            for i, layer in enumerate(layers):
+                x = layer.extend(x, modulations[i][done:end], caches[i], i == len(layers) - 1)
+            tokens.append(readout(self.transformer.norm(x[-1])))
         return torch.stack(tokens[h:], dim=1)
