@@ -81,11 +81,11 @@ def test_cem_plans_the_same_through_the_cached_and_the_naive_rollout():
 
 def test_rollout_does_only_the_matmuls_an_exact_rollout_needs():
     """Known answer, one context frame, horizon 5, window 3: nine token passes per layer
-    (window 0 built token by token, windows 1 and 2 in one go each); queries only for the six passes with an
-    earlier token in their window; in the last layer, the output projection and MLP only for
-    the five read-out passes, of which four need a query. The modulation is one pass per
-    token and layer. Fails if queries are computed for a lone token, or if a window is
-    recomputed."""
+    (window 0 grown token by token, windows 1 and 2 in one go each); queries only for the
+    six passes with an earlier token in their window; in the last layer, the output
+    projection and MLP only for the five read-out passes, of which four need a query. The
+    modulation is one pass per token and layer. Fails if queries are computed for a lone
+    token, or if a window is recomputed."""
     from torch.utils.flop_counter import FlopCounterMode
 
     model = model_with_history(3)
