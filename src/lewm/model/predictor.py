@@ -199,7 +199,7 @@ class Predictor(nn.Module):
         start, caches = -1, []
         while len(tokens) < h + horizon:
             end = len(tokens)  # the window ending at the newest token predicts token ``end``
-            if max(0, end - self.history) != start:
+            if max(0, end - self.history) != start:  # it slid: a new window, a fresh cache
                 start, caches = max(0, end - self.history), [([], []) for _ in layers]
             done = start + len(caches[0][0])  # tokens before ``done`` are in the cache
             pos = self.pos_embedding[0, done - start : end - start, None]

@@ -136,12 +136,11 @@ class MPCPlanner:
         if self.compiled_rollout is not None and batch not in self._compiled_batches:
             start += self._compile(z_now, shape)
 
+        rollout = self.compiled_rollout or self.rollout
+
         def cost(candidates: torch.Tensor) -> torch.Tensor:
             samples = candidates.shape[1]
-            rollout = self.compiled_rollout or self.rollout
-            predicted = rollout(
-                z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1)
-            )
+            predicted = rollout(z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1))
             target = z_goal.repeat_interleave(samples, dim=0)
             return goal_cost(predicted, target).view(batch, samples)
 
