@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -54,7 +55,8 @@ def main() -> None:
             continue
         result, _ = evaluate_run(
             args.run, None, EvalConfig(episodes=args.episodes, batch=args.batch, gifs=0),
-            overrides, solver, args.seed, "cpu", f"sweep_{label.replace(' ', '_')}",
+            overrides, solver, args.seed, "cpu",
+            "sweep_" + re.sub(r"[^A-Za-z0-9._+-]+", "_", label).strip("_"),
             progress=False,
         )
         rows.append({"setting": label, "solver": solver, "overrides": overrides,

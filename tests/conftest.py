@@ -39,3 +39,15 @@ def tworoom_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "tworoom.h5"
     collect("tworoom", 12, path, resolution=64, seed=0, workers=1, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory, tworoom_file: Path) -> Path:
+    """A run folder trained for 2 steps of the small model; copy it before changing it."""
+    from lewm.config import resolve
+    from lewm.train.fit import train
+
+    run = tmp_path_factory.mktemp("small_run") / "run"
+    train(tworoom_file, run, resolve("tiny", SMALL_MODEL, {"train.max_steps": 2}),
+          device="cpu", progress=False)
+    return run

@@ -111,4 +111,4 @@ def test_mujoco_env_collect_train_evaluate(tmp_path, short_episodes, env, episod
                                 progress=False)
     assert len(result.episodes) == 2 and 0.0 <= result.success_rate <= 1.0
     assert all(o.steps <= 5 for o in result.episodes)
-    assert list((path.parent / path.stem).glob("episode_000_*.gif"))
+    assert list(path.parent.glob("episode_000_*.gif"))

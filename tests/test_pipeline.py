@@ -72,7 +72,7 @@ def test_cli_eval_writes_results_and_gifs(trained_run, tworoom_file):
         "plan.iterations=2",
     ])
     assert result.exit_code == 0, result.output
-    out = json.loads((trained_run / "eval" / "cem_seed3.json").read_text())
+    out = json.loads((trained_run / "eval" / "cem_seed3" / "result.json").read_text())
     assert 0.0 <= out["success_rate"] <= 1.0
     assert len(out["episodes"]) == 2
     assert out["plan_seconds_mean"] > 0
@@ -87,7 +87,7 @@ def test_eval_is_deterministic_for_a_seed(trained_run, tworoom_file):
     names = []
     for name in ("r1", "r2"):
         assert runner.invoke(app, [*args, "--name", name]).exit_code == 0
-        names.append(json.loads((trained_run / "eval" / f"{name}.json").read_text()))
+        names.append(json.loads((trained_run / "eval" / name / "result.json").read_text()))
     assert names[0]["episodes"] == names[1]["episodes"]
 
 

@@ -15,7 +15,8 @@ import torch
 from conftest import SMALL_MODEL
 
 import lewm.train.checkpoint_io as checkpoint_io
-from lewm.train.checkpoint_io import AtomicCheckpointIO, remove_partial_checkpoints
+from lewm.io import remove_stale_parts
+from lewm.train.checkpoint_io import AtomicCheckpointIO
 
 LEWM = str(Path(sys.executable).with_name("lewm"))
 
@@ -40,7 +41,7 @@ def test_failed_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
 def test_partial_files_of_a_killed_writer_are_removed(tmp_path):
     (tmp_path / ".last.ckpt.abc123.part").write_bytes(b"cut short")
     (tmp_path / "last.ckpt").write_bytes(b"kept")
-    remove_partial_checkpoints(tmp_path)
+    remove_stale_parts(tmp_path / "last.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
@@ -60,7 +61,7 @@ def test_sigkill_then_same_command_resumes_and_continues_the_step_count(tmp_path
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "training finished before it could be killed"
 
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     assert 0 < killed_at < steps
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr

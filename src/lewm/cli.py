@@ -6,9 +6,10 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.table import Table
 from lewm.cli_options import Device, Seed
 from lewm.envs import ENV_NAMES
 from lewm.envs.gl import GLUnavailableError
+from lewm.io import explain_os_error
 
 app = typer.Typer(
     help="LeWorldModel: collect pixel datasets, train a JEPA world model, plan with CEM.",
@@ -40,29 +42,49 @@ Preset = Annotated[
 ]
 
 
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def _warn(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _guarded(fn: Callable[[], T]) -> T:
-    """Turn the library's input errors into one clear line and exit code 2, no traceback."""
+    """Turn the library's input errors into one clear line and exit code 2, no traceback, and
+    its warnings into one line each."""
+    shown, warnings.showwarning = warnings.showwarning, _warn
     try:
         return fn()
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            PermissionError, GLUnavailableError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    except OSError as exc:
+        _fail(explain_os_error(exc) if exc.errno else str(exc))
+    except (ValueError, GLUnavailableError) as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: nothing half-written was left behind")
         raise typer.Exit(130) from None
+    finally:
+        warnings.showwarning = shown
 
 
 @app.command()
 def collect(
     env: Annotated[str, typer.Argument(help=f"Environment: {', '.join(ENV_NAMES)}.")],
     episodes: Annotated[int, typer.Option(help="Number of episodes to record.")] = 1000,
-    out: Annotated[Path, typer.Option(help="Output HDF5 file (written atomically).")] = Path(
-        "data.h5"
-    ),
-    resolution: Annotated[int, typer.Option(help="Square image size in pixels.")] = 64,
+    out: Annotated[
+        Path, typer.Option(help="Output HDF5 file (written atomically; must not exist yet).")
+    ] = Path("data.h5"),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out if it is an existing regular file.")
+    ] = False,
+    resolution: Annotated[
+        int, typer.Option(help="Square image size in pixels, 16 to 1024.")
+    ] = 64,
     seed: Seed = 0,
-    workers: Annotated[int, typer.Option(help="Parallel worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Parallel worker processes, at most the CPUs available.")
+    ] = 1,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -90,7 +112,8 @@ def collect(
 
     path = _guarded(
         lambda: collect_episodes(env, episodes, out, resolution=resolution, seed=seed,
-                                 workers=workers, shard=_parse_shard(shard), policy=policy)
+                                 workers=workers, shard=_parse_shard(shard), policy=policy,
+                                 overwrite=overwrite)
     )
     console.print(f"wrote {path}")
 
@@ -163,7 +186,10 @@ def evaluate(
     batch: Annotated[int, typer.Option(help="Environments planned together in one call.")] = 10,
     seed: Seed = 42,
     device: Device = "auto",
-    name: Annotated[str | None, typer.Option(help="Result name (default SOLVER_seedS).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Result name: the folder RUN/eval/NAME/ (default SOLVER_seedS)."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Goal-reaching evaluation (PROTOCOL.md): success rate and seconds per plan."""
@@ -199,7 +225,7 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
     if result.get("compile_seconds") is not None:
         console.print(f"plan.compile: {result['compile_seconds']:.1f} s compiling, not in the "
                       "plan times")  # fmt: skip
-    console.print(f"results: {path}\nGIFs: {path.with_suffix('')}/")
+    console.print(f"results: {path}\nGIFs: {path.parent}/")
 
 
 @app.command()

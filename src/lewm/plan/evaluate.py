@@ -4,6 +4,7 @@ episode, 50 env steps of budget, success at any step, success rate over 50 pairs
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from lewm.config import EvalConfig, apply_overrides
 from lewm.data import EpisodeStore, split_episodes
 from lewm.device import keep_freed_memory, resolve_device
 from lewm.envs import get_env_spec
-from lewm.io import atomic_write_text
+from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remove_stale_parts
 from lewm.plan.mpc import MPCPlanner
 from lewm.plan.solvers import SOLVER_NAMES
 from lewm.report.gif import save_gif, side_by_side
@@ -27,6 +28,20 @@ from lewm.report.gif import save_gif, side_by_side
 # (observations (N,H,W,3), goals (N,H,W,3), episode indices) -> raw actions (N, steps, A).
 Actor = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
 SPLITS = ("val", "train", "all")
+# An evaluation is one folder, RUN/eval/NAME/, holding this file and its GIFs: it is swapped in
+# whole, so the JSON and the GIFs beside it always come from the same evaluation.
+RESULT = "result.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_result_name(name: str) -> str:
+    """A result name is a plain folder name: never a path that could leave ``RUN/eval/``."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"--name {name!r}: expected a plain name of letters, digits, '.', '_', '+' or '-' "
+            "(at most 100, not starting with '.'), not a path"
+        )
+    return name
 
 
 @dataclass
@@ -216,31 +231,40 @@ def evaluate_run(
     run_dir: str | Path,
     data: str | Path | None = None,
     eval_cfg: EvalConfig | None = None,
-    plan_overrides: list[str] | None = None,
+    overrides: list[str] | None = None,
     solver: str | None = None,
     seed: int = 42,
     device: str = "auto",
     name: str | None = None,
     progress: bool = True,
 ) -> tuple[EvalResult, Path]:
-    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>.json`` and GIFs.
+    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>/`` (JSON and GIFs).
 
     ``solver`` is one of the planning solvers, or ``random`` for the no-model floor;
-    ``None`` keeps the run's ``plan.solver``.
+    ``None`` keeps the run's ``plan.solver``. ``overrides`` are ``key=value`` for the
+    ``eval.`` and ``plan.`` sections (a bare key is a ``plan.`` one). Returns the result and
+    the path of its JSON, ``RUN_DIR/eval/<name>/result.json``. Two evaluations of one name at
+    once are refused; an interrupted one leaves the previous result of that name as it was.
     """
+    if name is not None:
+        check_result_name(name)
     torch_device = resolve_device(device)
     if torch_device.type == "cpu":
         keep_freed_memory()
     ckpt = load_checkpoint(run_dir, torch_device)
     cfg = ckpt.config
-    if plan_overrides:
-        apply_overrides(cfg, [o if o.startswith("plan.") else f"plan.{o}" for o in plan_overrides])
+    if eval_cfg is not None:
+        cfg.eval = eval_cfg
+    if solver not in (None, "random"):
+        cfg.plan.solver = solver  # before the overrides: their check depends on the solver
+    apply_overrides(cfg, [o if o.startswith(("plan.", "eval.")) else f"plan.{o}"
+                          for o in overrides or []])
     solver = solver or cfg.plan.solver
     if solver not in (*SOLVER_NAMES, "random"):
         raise ValueError(
             f"unknown solver {solver!r}; choose one of: {', '.join(SOLVER_NAMES)}, random"
         )
-    eval_cfg = eval_cfg or cfg.eval
+    eval_cfg = cfg.eval
     data = data or cfg.data.path
     if not data:
         raise ValueError(f"{run_dir}: no --data given and the run does not name its data file")
@@ -261,7 +285,10 @@ def evaluate_run(
             f"{run_dir}: the checkpoint plans {cfg.model.action_dim}-D actions but "
             f"{store.path} holds {store.action_dim}-D ones"
         )
-    env_name = cfg.env
+    # States the episodes restore are checked whole, before anything is written.
+    spec = get_env_spec(cfg.env)
+    spec.require_state_columns(store.columns, store.path)
+    store.require_finite(spec.state_keys)
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
     planner: MPCPlanner | None = None
@@ -269,16 +296,36 @@ def evaluate_run(
     if solver == "random":
         actor = RandomActor(m.action_dim, cfg.plan.receding_horizon * m.frameskip, seed)
     else:
-        cfg.plan.solver = solver
         planner = MPCPlanner(
             ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim, torch_device
         )
         actor = PlannerActor(planner, seed)
-    name = name or f"{solver}_seed{seed}"
-    out_dir = Path(run_dir) / "eval"
-    rate, outcomes = run_protocol(
-        store, env_name, episodes, actor, eval_cfg, seed, out_dir / name, progress
-    )
+    target = Path(run_dir) / "eval" / (name or f"{solver}_seed{seed}")
+    with exclusive(lock_path(target), f"evaluation {target}"):
+        remove_stale_parts(target)
+        with atomic_folder(target, replace=True) as staging:
+            rate, outcomes = run_protocol(
+                store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress
+            )
+            result = _result(rate, outcomes, planner)
+            result.settings = {
+                "run": str(Path(run_dir).resolve()),
+                "data": str(store.path),
+                "env": cfg.env,
+                "solver": solver,
+                "seed": seed,
+                "device": str(torch_device),
+                "eval": asdict(eval_cfg),
+                "plan": asdict(cfg.plan),
+            }
+            result.save(staging / RESULT)
+    return result, target / RESULT
+
+
+def _result(
+    rate: float, outcomes: list[EpisodeOutcome], planner: MPCPlanner | None
+) -> EvalResult:
+    """The outcomes with the planner's timings (none for the random floor)."""
     result = EvalResult(success_rate=rate, episodes=outcomes)
     if planner is not None:
         calls, sizes = planner.call_seconds, planner.call_sizes
@@ -288,16 +335,4 @@ def evaluate_run(
         result.envs_per_call_mean = statistics.fmean(sizes)
         if planner.compiled_rollout is not None:
             result.compile_seconds = planner.compile_seconds
-    result.settings = {
-        "run": str(Path(run_dir).resolve()),
-        "data": str(store.path),
-        "env": env_name,
-        "solver": solver,
-        "seed": seed,
-        "device": str(torch_device),
-        "eval": asdict(eval_cfg),
-        "plan": asdict(cfg.plan),
-    }
-    path = out_dir / f"{name}.json"
-    result.save(path)
-    return result, path
+    return result

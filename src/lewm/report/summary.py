@@ -160,16 +160,26 @@ def _training(page: Page, run: Path, plots: Path) -> None:
     ])
 
 
+def eval_results(run: Path) -> dict[str, Path]:
+    """Result name → JSON of every evaluation in a run: ``eval/NAME/result.json``, and the
+    ``eval/NAME.json`` that runs written before results became folders hold. Hidden entries
+    are an evaluation still being written (or killed while it was) and are skipped."""
+    found = {p.stem: p for p in run.glob("eval/*.json") if not p.name.startswith(".")}
+    found |= {p.parent.name: p for p in run.glob("eval/*/result.json")
+              if not p.parent.name.startswith(".")}
+    return dict(sorted(found.items()))
+
+
 def _evaluation(page: Page, run: Path) -> None:
     page.heading("Evaluation")
     rows = []
-    for path in sorted(run.glob("eval/*.json")):
+    for name, path in eval_results(run).items():
         r = _load(path)
         if r and "success_rate" in r:
             n = r["episodes"] if isinstance(r["episodes"], int) else len(r["episodes"])
             # Batched evaluations time one call for many environments; per-env is comparable.
             per_plan = r.get("plan_seconds_per_env") or r.get("plan_seconds_mean")
-            rows.append([path.stem, f"{100 * r['success_rate']:.1f}%", str(n), _fmt(per_plan)])
+            rows.append([name, f"{100 * r['success_rate']:.1f}%", str(n), _fmt(per_plan)])
     if not rows:
         _missing(page, "evaluation results", "lewm eval RUN")
         return
@@ -236,7 +246,7 @@ def _rollouts(page: Page, run: Path, plots: Path) -> None:
 
 def _gifs(page: Page, run: Path) -> None:
     page.heading("Episodes (real | goal)")
-    gifs = [g for folder in sorted(run.glob("eval/*/"))
+    gifs = [g for folder in sorted(run.glob("eval/*/")) if not folder.name.startswith(".")
             for g in sorted(folder.glob("*.gif"))[:GIFS_PER_FOLDER]]
     if not gifs:
         _missing(page, "episode GIFs", "lewm eval RUN")

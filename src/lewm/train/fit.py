@@ -14,10 +14,12 @@ and the others receive its summary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,19 +33,23 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lewm.checkpoint import CONFIG, save_checkpoint
+from lewm.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from lewm.config import ConfigError, RunConfig
 from lewm.data import ClipDataset, EpisodeStore, Normalizer, split_episodes
 from lewm.device import resolve_device
 from lewm.envs import get_env_spec
-from lewm.io import atomic_write_text
+from lewm.io import atomic_write_text, exclusive, name_write_error, remove_stale_parts
 from lewm.model import recalibrate_batchnorm
-from lewm.train.checkpoint_io import AtomicCheckpointIO, remove_partial_checkpoints
+from lewm.train.checkpoint_io import AtomicCheckpointIO, read_training_checkpoint
 from lewm.train.distributed import check_scaling, per_rank_batch
 from lewm.train.guard import NonFiniteLossError
 from lewm.train.module import LeWMModule, copy_last_error
 
 SUMMARY = "train_summary.json"
+# Held by the process that trains the run (see lewm.io.exclusive); gone when it ends.
+LOCK = ".lock"
+# Training data that does not name its environment is taken to be TwoRoom, with a warning.
+DEFAULT_ENV = "tworoom"
 
 # Lightning messages that say nothing about this run: a product tip, a PyTorch deprecation
 # inside Lightning, and a notice that resuming reuses the run's own checkpoint folder.
@@ -65,8 +71,14 @@ def _quiet_lightning() -> None:
 def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
     """Fill the fields the data decides (env, action width) and check the ones it constrains."""
     if store.env_name is not None:
+        if cfg.env and cfg.env != store.env_name:
+            raise ConfigError(
+                f"{store.path}: holds {store.env_name} episodes but env={cfg.env} was given; "
+                "drop env= or train on data of that environment"
+            )
         cfg.env = store.env_name
-    else:
+    elif not cfg.env:
+        cfg.env = DEFAULT_ENV
         warnings.warn(
             f"{store.path} does not name its environment; training for env={cfg.env!r} "
             "(pass env=NAME to choose another)",
@@ -84,16 +96,52 @@ def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
     return cfg
 
 
-def _check_same_model(run_dir: Path, cfg: RunConfig) -> None:
+def _check_resume(run_dir: Path, cfg: RunConfig, last: Path) -> int:
+    """The step a re-run resumes from (0 for a fresh run), after checking that the folder's
+    trained state belongs to ``cfg``'s model.
+
+    Only trained state binds a folder to a model: a first run that failed before its first
+    checkpoint (a bad override, say) leaves a config.json that the corrected command replaces.
+    Resuming on other data or towards fewer steps is allowed, but said.
+    """
     saved_path = run_dir / CONFIG
+    trained = last.is_file() or (run_dir / WEIGHTS).is_file()
+    if not trained:
+        return 0
     if not saved_path.is_file():
-        return
+        raise ConfigError(
+            f"{run_dir}: holds trained state but no {CONFIG}, so its model is unknown; "
+            "use a new --out folder"
+        )
     saved = RunConfig.load(saved_path)
     if dataclasses.asdict(saved.model) != dataclasses.asdict(cfg.model):
         raise ConfigError(
             f"{saved_path}: this run folder holds a model with a different configuration; "
             "use a new --out folder (or the same preset and overrides to resume)"
         )
+    step = _checkpoint_meta(last)["global_step"]
+    if saved.data.path and saved.data.path != cfg.data.path:
+        warnings.warn(
+            f"resuming {run_dir} at step {step} on {cfg.data.path}; it was trained on "
+            f"{saved.data.path} so far",
+            stacklevel=3,
+        )
+    if step and step >= cfg.train.max_steps:
+        warnings.warn(
+            f"{run_dir} is already at step {step}, at or past train.max_steps="
+            f"{cfg.train.max_steps}: nothing to train, only the checkpoint is exported again",
+            stacklevel=3,
+        )
+    return step
+
+
+def _is_global_zero() -> bool:
+    """Whether this process is the one that owns the run folder (rank 0 under DDP, launched by
+    Lightning, torchrun or SLURM; always true for a single process)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return os.environ[name] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def _loaders(
@@ -169,7 +217,7 @@ def _checkpoint_meta(path: Path) -> dict[str, int]:
     """Step and skipped-step count of a Lightning checkpoint, without reading its tensors."""
     if not path.is_file():
         return {"global_step": 0, "nonfinite_steps": 0}
-    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    ckpt = read_training_checkpoint(path, mmap=True)
     return {
         "global_step": int(ckpt["global_step"]),
         "nonfinite_steps": int(ckpt.get("nonfinite_steps", 0)),
@@ -183,27 +231,51 @@ def train(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume) a run and export its checkpoint; returns the training summary."""
+    """Train (or resume) a run and export its checkpoint; returns the training summary.
+
+    Everything that can be refused (device, data, config) is checked before the run folder is
+    touched; the folder is then held (:func:`lewm.io.exclusive`) until training ends, so a
+    second ``lewm train`` on it is refused instead of silently losing one run's result.
+    """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir}: is a file, expected a run folder (--out)")
     torch_device = resolve_device(device)
     check_scaling(cfg.train, torch_device)
     store = EpisodeStore(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
     cfg.data.path = str(Path(data).resolve())
-    _check_same_model(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    norm = Normalizer.fit(store, ("action",))
+    loaders = _loaders(cfg, store, norm, per_rank_batch(cfg.train), torch_device)
+    hold = exclusive(run_dir / LOCK, f"run folder {run_dir}") if _is_global_zero() else (
+        contextlib.nullcontext()
+    )
+    try:
+        with hold:
+            return _fit(run_dir, cfg, store, norm, loaders, torch_device, progress)
+    except OSError as exc:
+        raise name_write_error(exc, run_dir) from None
+
+
+def _fit(
+    run_dir: Path,
+    cfg: RunConfig,
+    store: EpisodeStore,
+    norm: Normalizer,
+    loaders: tuple[DataLoader, DataLoader],
+    torch_device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    remove_stale_parts(last)
+    first_step = _check_resume(run_dir, cfg, last)
     cfg.save(run_dir / CONFIG)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _quiet_lightning()
 
-    norm = Normalizer.fit(store, ("action",))
     t = cfg.train
-    train_loader, val_loader = _loaders(cfg, store, norm, per_rank_batch(t), torch_device)
     module = LeWMModule(cfg)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    remove_partial_checkpoints(ckpt_dir)
-    first_step = _checkpoint_meta(last)["global_step"]
     trainer = pl.Trainer(
         accelerator=torch_device.type,
         devices=t.devices,
@@ -236,7 +308,13 @@ def train(
     resume = str(last) if last.is_file() else None
     start = time.perf_counter()
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+        trainer.fit(module, *loaders, ckpt_path=resume)
+    except SystemExit:
+        # Lightning turns Ctrl-C into exit status 1 after its own clean-up; lewm reports an
+        # interrupt as one, with the status 130 every other command uses.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     except NonFiniteLossError as exc:
         if not last.is_file():
             raise NonFiniteLossError(f"{exc}; no checkpoint was written yet") from None
