@@ -163,6 +163,7 @@ def run_probe(
     """
     cfg = ckpt.config
     resolved = resolve_targets(cfg.env, targets, store.columns)
+    store.require_finite(sorted({t.column for t in resolved}))
     episodes = heldout_episodes(cfg, store)
     rng = np.random.default_rng(seed)
     episodes = rng.permutation(episodes)

@@ -8,9 +8,11 @@ be split into shards, one job each, whose episodes are exactly those of the whol
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -30,11 +32,17 @@ from rich.progress import (
 )
 
 from lewm.data.replay import ReplaySource, replay_path
-from lewm.data.shards import shard_path
+from lewm.data.shards import find_shards, shard_path
 from lewm.data.store import EpisodeWriter
 from lewm.envs import EnvSpec, get_env_spec
+from lewm.io import check_output_file, exclusive, lock_path, remove_stale_parts
 
 Episode = dict[str, np.ndarray]
+
+# Image sizes collect accepts. The paper uses 64 and 224; below 16 px the agent is a pixel
+# or two, and 1024 px already costs 3 MiB a frame: a typo such as 100000 would otherwise
+# ask the renderer for 30 GB before anything could check it.
+RESOLUTIONS = (16, 1024)
 
 
 def episode_seeds(seed: int, index: int) -> tuple[int, np.random.Generator]:
@@ -149,8 +157,25 @@ def _episodes(
         return
     recorder.close()
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, _init_worker, (env_name, resolution, policy)) as pool:
+    # Started with Ctrl-C ignored, which a spawned process inherits: a Ctrl-C in the second
+    # a worker takes to import would otherwise print its traceback before _init_worker runs.
+    with _sigint_ignored():
+        pool = context.Pool(workers, _init_worker, (env_name, resolution, policy))
+    with pool:
         yield _in_order(pool, seed, indices, window=2 * workers)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (main thread only: no other may set signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _in_order(pool: Any, seed: int, indices: range, window: int) -> Iterator[Episode]:
@@ -175,8 +200,9 @@ def _interrupt_check() -> Iterator[Callable[[], None]]:
     A signal arriving while h5py compresses a chunk is delivered when the call returns,
     often inside the weakref callback that frees h5py's object, where Python prints
     "Exception ignored" and carries on: the collection would run to the end. The handler
-    also records the interrupt, and the check it yields raises it again between episodes.
-    Custom handlers and non-main threads are left alone.
+    also records the interrupt, and the check it yields raises it again between episodes;
+    the swallowed KeyboardInterrupt is therefore not reported (every other unraisable
+    exception still is). Custom handlers and non-main threads are left alone.
     """
     if (
         threading.current_thread() is not threading.main_thread()
@@ -195,11 +221,19 @@ def _interrupt_check() -> Iterator[Callable[[], None]]:
         if interrupted:
             raise KeyboardInterrupt
 
+    report = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if not (interrupted and info.exc_type is KeyboardInterrupt):
+            report(info)
+
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
     try:
         yield check
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = report
 
 
 def _progress(enabled: bool) -> Progress:
@@ -237,6 +271,7 @@ def collect(
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     policy: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Collect ``episodes`` episodes with a data policy into ``out``.
 
@@ -248,14 +283,26 @@ def collect(
     array write the n shards, and ``EpisodeStore(out)`` reads them as the whole collection.
     Returns the path written.
 
-    The file is written atomically: an interrupted collection (Ctrl-C included) leaves
-    neither ``out`` nor a temporary file.
+    An existing ``out`` is replaced only with ``overwrite``, and only if it is a regular
+    file that is not the dataset being replayed. The file is written atomically, by one
+    collection at a time (a second one is refused with :class:`~lewm.io.InUseError`): an
+    interrupted or killed collection (Ctrl-C included) leaves ``out`` as it was, and the
+    temporary file a killed one leaves is removed by the next collection of ``out``.
     """
     spec = get_env_spec(env_name)
     if episodes < 1:
         raise ValueError(f"episodes={episodes}: expected at least 1")
-    if workers < 1:
-        raise ValueError(f"workers={workers}: expected at least 1")
+    low, high = RESOLUTIONS
+    if not low <= resolution <= high:
+        raise ValueError(
+            f"resolution={resolution} (--resolution): expected an image size of {low} to "
+            f"{high} pixels"
+        )
+    cpus = _available_cpus()
+    if not 1 <= workers <= cpus:
+        raise ValueError(
+            f"workers={workers} (--workers): expected 1 to {cpus}, the CPUs this process may use"
+        )
     if seed < 0:
         raise ValueError(f"seed={seed}: expected a non-negative integer")
     out = Path(out)
@@ -280,11 +327,14 @@ def collect(
             "total_episodes": episodes,
         }
         label += f" shard {index}/{count}"
+    _refuse_replay_source(out, policy)
+    check_output_file(out, overwrite)
     frames = 0
     started = time.perf_counter()
     # The bar starts last, once the environment exists: a setup error then prints alone.
     with (
         _interrupt_check() as check_interrupt,
+        _only_writer(out, overwrite),
         EpisodeWriter(out, attrs=attrs) as writer,
         _episodes(
             spec.name, resolution, policy, seed, indices, min(workers, len(indices))
@@ -299,3 +349,41 @@ def collect(
             fps = frames / max(time.perf_counter() - started, 1e-9)
             bar.update(task, advance=1, fps=fps)
     return out
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the system has one (a
+    cluster job's allocation), else all of the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _refuse_replay_source(out: Path, policy: str | None) -> None:
+    """Refuse to write over the dataset a ``replay:`` policy reads (its file or one of its
+    shards), however either path is spelled: the collection would destroy its own input."""
+    source = replay_path(policy)
+    if source is None or not out.exists():
+        return
+    sources = [source] if source.exists() else find_shards(source)
+    if any(os.path.samefile(out, path) for path in sources):
+        raise ValueError(
+            f"{out}: --policy {policy} reads this file; write the replay to another file"
+        )
+
+
+@contextmanager
+def _only_writer(out: Path, overwrite: bool) -> Iterator[None]:
+    """Hold ``out``'s lock for the collection, then clear what killed writers left.
+
+    ``out`` is checked again under the lock: another collection may have written it since
+    the check before the lock, and without ``overwrite`` it must not be replaced.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(lock_path(out), str(out)))
+        except OSError as exc:  # the lock is a hidden sibling; name the file asked for
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+        check_output_file(out, overwrite)
+        remove_stale_parts(out)
+        yield

@@ -58,6 +58,21 @@ class Normalizer:
             std[column] = np.where(spread > 0, spread, 1.0)
         return cls(mean, std)
 
+    def require(self, column: str, width: int, source: str) -> None:
+        """Refuse statistics that cannot z-score rows of ``width`` values of ``column``, when
+        they are loaded rather than at the first plan (as a KeyError or a broadcast error)."""
+        if column not in self.mean:
+            have = ", ".join(map(repr, self.mean)) or "none"
+            raise ValueError(
+                f"{source}: no statistics for column {column!r} (has {have}); expected "
+                f"'columns.{column}' with {width} values of 'mean' and 'std'"
+            )
+        if self.mean[column].shape != (width,):
+            raise ValueError(
+                f"{source}: field 'columns.{column}.mean': expected {width} values, found "
+                f"shape {self.mean[column].shape}"
+            )
+
     def _stats(self, column: str, like: Array) -> tuple[Array, Array]:
         if column not in self.mean:
             raise KeyError(f"no statistics for column {column!r}; have {', '.join(self.mean)}")

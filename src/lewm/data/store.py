@@ -13,8 +13,12 @@ complete file in the same layout, so any one of them can also be opened by itsel
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,8 +55,27 @@ CHUNK_CACHE_BYTES = 64 * 2**20
 CHUNK_CACHE_SLOTS = 100_003
 
 
+# Free space a flush must leave beyond its rows: HDF5 also writes metadata (a chunk index
+# entry per frame, object headers), from a cache, and at close.
+SPACE_MARGIN = 8 * 2**20
+
+
 class DataFileError(ValueError):
     """An episode file that cannot be used; the message starts with the file path."""
+
+
+def unreadable(path: str | os.PathLike[str], exc: Exception) -> DataFileError:
+    """One line for an HDF5 file that fails to open or read (h5py raises OSError, or
+    KeyError and RuntimeError for damaged objects): HDF5's message can span lines, and a
+    file locked by its writer deserves to be called that, not corrupt."""
+    if getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):
+        return DataFileError(
+            f"{path}: open for writing by another process (HDF5 file lock); wait until it "
+            "has finished"
+        )
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
+    detail = " ".join(str(text).split())
+    return DataFileError(f"{path}: unreadable HDF5 file (truncated or corrupt?): {detail}")
 
 
 def _cache_mode(cache: str) -> str:
@@ -97,7 +120,7 @@ class EpisodeStore:
             self._load(self._handle())
         except OSError as exc:
             self.close()
-            raise DataFileError(f"{self.path}: unreadable (truncated or corrupt?): {exc}") from None
+            raise unreadable(self.path, exc) from None
         except BaseException:
             self.close()
             raise
@@ -153,6 +176,50 @@ class EpisodeStore:
         for name in datasets:
             if name not in INDEX_COLUMNS and (name != "pixels" or cache_pixels):
                 self._hold(name)
+        self._check_actions()
+
+    def _check_actions(self) -> None:
+        """Refuse NaN or inf actions beyond the layout's NaN after each episode's final
+        observation: training skips every clip whose loss is not finite, so such a file
+        would "train" to the end without learning, and exit 0."""
+        action = self._ram["action"]
+        last = np.zeros(self.num_rows, dtype=bool)
+        last[self.ep_offset + self.ep_len - 1] = True
+        bad = np.isinf(action).any(axis=1) | (np.isnan(action).any(axis=1) & ~last)
+        if bad.any():
+            raise self._non_finite(
+                "action", np.flatnonzero(bad), "finite actions, NaN only in an episode's last row"
+            )
+
+    def require_finite(
+        self, columns: Iterable[str], rows: np.ndarray | slice = slice(None)
+    ) -> None:
+        """Refuse NaN or inf in the float ``columns`` over ``rows`` (all by default).
+
+        For the columns a caller feeds to a model or an environment (state, proprio): a
+        non-finite value there fails far from the file, or not at all. ``action`` is
+        checked when the file is opened.
+        """
+        positions = np.arange(self.num_rows)[rows]
+        for column in columns:
+            values = self.read(column, rows)
+            if values.dtype.kind not in "fc":
+                continue
+            bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+            if bad.any():
+                raise self._non_finite(column, positions[bad], "finite values")
+
+    def _non_finite(self, column: str, rows: np.ndarray, expected: str) -> DataFileError:
+        """The error for non-finite ``rows`` (global, sorted) of ``column``, with the first
+        one as episode/step, which is how a person finds it again."""
+        row = int(rows[0])
+        episode = int(np.searchsorted(self.ep_offset, row, side="right")) - 1
+        step = row - int(self.ep_offset[episode])
+        return self._error(
+            column,
+            f"NaN or inf in {rows.size} rows (first: episode {episode}, step {step}); "
+            f"expected {expected}",
+        )
 
     def _index_column(self, ds: h5py.Dataset) -> np.ndarray:
         if ds.ndim != 1 or ds.dtype.kind not in "iu":
@@ -222,9 +289,7 @@ class EpisodeStore:
                     self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=CHUNK_CACHE_SLOTS
                 )
             except OSError as exc:
-                raise DataFileError(
-                    f"{self.path}: cannot be opened as HDF5 (truncated or corrupt?): {exc}"
-                ) from None
+                raise unreadable(self.path, exc) from None
             self._pid = os.getpid()
         return self._file
 
@@ -261,7 +326,8 @@ class EpisodeStore:
                 out[pos] = ds[row]
             return out
         except OSError as exc:
-            raise self._error(column, f"unreadable (truncated or corrupt?): {exc}") from None
+            detail = " ".join(str(exc).split())
+            raise self._error(column, f"unreadable (truncated or corrupt?): {detail}") from None
 
     def episode_rows(self, episode: int) -> slice:
         """The global rows of one episode."""
@@ -316,6 +382,10 @@ class EpisodeWriter:
     Rows are buffered and written to ``pixels`` in whole chunks, so no compressed chunk is
     ever written twice; together with ``track_times=False`` this makes the file a pure
     function of the episodes added.
+
+    A full disk ends the writer with one ``OSError(ENOSPC)`` naming ``out``, before HDF5
+    meets it where possible: HDF5's write failures otherwise surface in h5py finalisers,
+    which can only print them, and the writer ran on into a broken file and a crash.
     """
 
     def __init__(
@@ -330,7 +400,11 @@ class EpisodeWriter:
         self.attrs = dict(attrs or {})
         self.image_chunk = image_chunk
         self._atomic: contextlib.AbstractContextManager[Path] | None = None
+        self._tmp: Path | None = None
         self._file: h5py.File | None = None
+        # Open column datasets, held so that none is closed (and its cache written) in a
+        # finaliser, where a write error could only be printed.
+        self._datasets: dict[str, h5py.Dataset] = {}
         self._schema: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         self._pending: dict[str, list[np.ndarray]] = {}
         self._pending_rows = 0
@@ -339,9 +413,9 @@ class EpisodeWriter:
 
     def __enter__(self) -> EpisodeWriter:
         self._atomic = atomic_path(self.out)
-        tmp = self._atomic.__enter__()
+        self._tmp = self._atomic.__enter__()
         try:
-            self._file = h5py.File(tmp, "w", libver="latest")
+            self._file = h5py.File(self._tmp, "w", libver="latest")
             for key in sorted(self.attrs):
                 self._file.attrs[key] = self.attrs[key]
         except BaseException as exc:
@@ -365,9 +439,12 @@ class EpisodeWriter:
             lens = np.asarray(self._ep_len, dtype=np.int32)
             offsets = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)[:-1]]).astype(np.int64)
             assert self._file is not None
-            self._file.create_dataset("ep_len", data=lens, track_times=False)
-            self._file.create_dataset("ep_offset", data=offsets, track_times=False)
-            self._file.close()
+            self._require_space(lens.nbytes + offsets.nbytes)
+            with self._writing():
+                self._file.create_dataset("ep_len", data=lens, track_times=False)
+                self._file.create_dataset("ep_offset", data=offsets, track_times=False)
+                self._file.close()
+            self._datasets.clear()
         except BaseException as err:
             self._abort(err)
             raise
@@ -376,8 +453,15 @@ class EpisodeWriter:
 
     def _abort(self, exc: BaseException) -> None:
         if self._file is not None:
-            self._file.close()
+            # The file is discarded, but HDF5 still writes its caches on close; after a full
+            # disk that fails again (or crashes), so the space goes back first.
+            if self._tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._tmp, 0)
+            with contextlib.suppress(Exception):
+                self._file.close()
             self._file = None
+            self._datasets.clear()
         if self._atomic is not None:
             with contextlib.suppress(BaseException):
                 self._atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -464,19 +548,46 @@ class EpisodeWriter:
         if count == 0:
             return
         assert self._file is not None
-        for name, parts in self._pending.items():
-            block = np.concatenate(parts)
-            self._append(name, block[:count])
+        blocks = {name: np.concatenate(parts) for name, parts in self._pending.items()}
+        self._require_space(sum(block[:count].nbytes for block in blocks.values()))
+        with self._writing():
+            for name, block in blocks.items():
+                self._append(name, block[:count])
+            # HDF5's caches are written here, so that a failure raises here.
+            self._file.flush()
+        for name, block in blocks.items():
             self._pending[name] = [block[count:]] if count < block.shape[0] else []
         self._rows += count
         self._pending_rows -= count
 
+    def _require_space(self, nbytes: int) -> None:
+        """Refuse a write of ``nbytes`` (uncompressed, an upper bound on what gzip stores)
+        that would not leave SPACE_MARGIN free: HDF5 fails badly on a full disk."""
+        assert self._tmp is not None
+        if _free_bytes(self._tmp.parent) < nbytes + SPACE_MARGIN:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.out))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn HDF5's write failures into an OSError that names ``out``: HDF5 names the
+        temporary file, and reports a failed flush as a RuntimeError with the errno only in
+        its text."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            code = getattr(exc, "errno", None)
+            if code is None and (found := re.search(r"errno = (\d+)", str(exc))):
+                code = int(found[1])
+            if not code:
+                raise
+            raise OSError(code, os.strerror(code), str(self.out)) from None
+
     def _append(self, name: str, block: np.ndarray) -> None:
         assert self._file is not None
-        if name not in self._file:
+        if name not in self._datasets:
             image = name == "pixels"
             chunk_rows = self.image_chunk if image else 1024
-            self._file.create_dataset(
+            self._datasets[name] = self._file.create_dataset(
                 name,
                 shape=(0, *block.shape[1:]),
                 maxshape=(None, *block.shape[1:]),
@@ -485,6 +596,11 @@ class EpisodeWriter:
                 track_times=False,
                 **(PIXEL_COMPRESSION if image else {}),
             )
-        ds = self._file[name]
+        ds = self._datasets[name]
         ds.resize(self._rows + block.shape[0], axis=0)
         ds[self._rows :] = block
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes free for writing in ``folder``'s file system."""
+    return shutil.disk_usage(folder).free

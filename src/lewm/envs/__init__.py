@@ -101,7 +101,12 @@ class EnvSpec:
         return np.concatenate([np.atleast_1d(columns[k]) for k in self.state_keys], axis=-1)
 
     def read_state(self, store: Any, rows: Any) -> np.ndarray:
-        """The ``set_state`` vectors of dataset ``rows`` (an EpisodeStore or alike)."""
+        """The ``set_state`` vectors of dataset ``rows`` of an EpisodeStore.
+
+        NaN or inf there is refused naming the file, column, episode and step; the
+        environment would only reject (or, worse, accept) the state vector it makes.
+        """
+        store.require_finite(self.state_keys, rows)
         return self.state_of({k: store.read(k, rows) for k in self.state_keys})
 
 
