@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,9 +19,79 @@ from typing import Any
 
 from lewm.io import atomic_write_text, read_json_object
 
+# Width the action encoder first squeezes a block into (the released model's "smoothed" dim);
+# here rather than in model/heads.py so that a config can count its parameters.
+ACTION_SMOOTHED_DIM = 10
+# Lightning's seed range (seed_everything refuses anything outside it).
+SEED_MAX = 2**32 - 1
+# The largest image side a model may take: every activation and the position embedding grow
+# with its square, and no LeWM environment renders more than a few hundred pixels.
+MAX_IMAGE_SIZE = 1024
+# SIGReg's (time, batch, projections, knots) tensor grows with both; these are far above
+# the paper's 1024 x 17 and still keep one step's sketch within memory.
+MAX_SIGREG_PROJECTIONS = 65536
+MAX_SIGREG_KNOTS = 1024
+# Training holds weights, gradients and Adam's two moments, four float32 copies: a model
+# whose weights alone take more than physical memory / TRAINING_COPIES cannot train here.
+TRAINING_COPIES = 4
+# The training precisions lewm supports, as Lightning names them: float32, and float32
+# weights under bf16 or fp16 autocast (SIGReg always runs in float32).
+TRAIN_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+# The solvers that keep elites (cf. PlanConfig); the others ignore plan.elites.
+ELITE_SOLVERS = ("cem", "icem")
+
 
 class ConfigError(ValueError):
-    """A preset name, an override or a saved config that cannot be used."""
+    """A preset name, an override or a saved config that cannot be used.
+
+    ``field`` is the dotted path of the offending field when there is one, so a caller
+    that knows the field under another name (the official config) can say which.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: its repr, cut short if a file holds a huge one."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _require(ok: bool, dotted: str, value: Any, expected: str) -> None:
+    """Refuse the field at ``dotted`` unless ``ok``, saying what was expected instead."""
+    if not ok:
+        raise ConfigError(f"{dotted}={_show(value)}: expected {expected}", field=dotted)
+
+
+def _at_least(section: str, obj: Any, low: int, *names: str) -> None:
+    """Each of ``names`` (integer fields of ``obj``) is ``low`` or more."""
+    for name in names:
+        value = getattr(obj, name)
+        _require(value >= low, f"{section}.{name}", value, f"an integer >= {low}")
+
+
+def _finite(section: str, obj: Any) -> None:
+    """Every float field of ``obj`` is finite: NaN passes every comparison check unnoticed
+    and inf turns the weights into NaN within a step."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"{section}.{f.name}", value, "a finite number")
+
+
+def _approx(count: int) -> str:
+    """A count to three digits, even one too large for a float."""
+    return f"{count:.3g}" if count < 10**300 else "more than 1e300"
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the system does not say (not POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @dataclass
@@ -57,6 +130,97 @@ class ModelConfig:
         """Frames per training clip: the predictor's context plus the frames it predicts."""
         return self.history + self.num_preds
 
+    def num_parameters(self) -> int:
+        """The model's parameter count in closed form, so a config is sized before any tensor
+        exists (a width of 1e8 would otherwise allocate tens of GB before a shape is checked).
+        The tests pin it to ``LeWM(cfg).param_counts()``."""
+
+        def projector(in_dim: int, hidden: int, out_dim: int) -> int:
+            return in_dim * hidden + hidden + 2 * hidden + hidden * out_dim + out_dim
+
+        d, m, e = self.enc_dim, self.enc_mlp, self.embed_dim
+        tokens = 1 + (self.image_size // self.patch_size) ** 2
+        encoder = (
+            (3 * self.patch_size**2 * d + d)  # patch embedding
+            + (d + tokens * d)  # CLS token and position embedding
+            + self.enc_depth * (4 * d * d + 2 * d * m + 9 * d + m)  # blocks
+            + 2 * d  # final LayerNorm
+        )
+        inner, pm = self.pred_heads * self.pred_dim_head, self.pred_mlp
+        predictor = (
+            self.history * e  # position embedding
+            + self.pred_depth * (6 * e * e + 4 * e * inner + 2 * e * pm + pm + 12 * e)
+            + 2 * e  # final LayerNorm
+        )
+        h, s = self.action_hidden, ACTION_SMOOTHED_DIM
+        action_encoder = self.block_dim * s + s + s * h + h + h * e + e
+        return (
+            encoder
+            + projector(d, self.proj_hidden, e)
+            + action_encoder
+            + predictor
+            + projector(e, self.proj_hidden, e)
+        )
+
+    def validate(self, section: str = "model") -> None:
+        """Refuse sizes the model cannot be built with, or not on this machine, before any
+        tensor is allocated; ``section`` prefixes the field names in the message."""
+        _finite(section, self)
+        _at_least(
+            section, self, 1, "image_size", "patch_size", "enc_dim", "enc_depth", "enc_heads",
+            "enc_mlp", "embed_dim", "proj_hidden", "pred_depth", "pred_heads", "pred_dim_head",
+            "pred_mlp", "history", "num_preds", "action_dim", "frameskip", "action_hidden",
+            "sigreg_projections",
+        )  # fmt: skip
+        _require(
+            self.image_size <= MAX_IMAGE_SIZE, f"{section}.image_size", self.image_size,
+            f"at most {MAX_IMAGE_SIZE} pixels",
+        )  # fmt: skip
+        _require(
+            self.image_size % self.patch_size == 0, f"{section}.patch_size", self.patch_size,
+            f"a divisor of {section}.image_size={self.image_size}",
+        )  # fmt: skip
+        _require(
+            self.enc_dim % self.enc_heads == 0, f"{section}.enc_heads", self.enc_heads,
+            f"a divisor of {section}.enc_dim={self.enc_dim}",
+        )  # fmt: skip
+        _require(
+            0 <= self.pred_dropout < 1, f"{section}.pred_dropout", self.pred_dropout,
+            "a number in [0, 1)",
+        )  # fmt: skip
+        _require(
+            self.sigreg_lambda >= 0, f"{section}.sigreg_lambda", self.sigreg_lambda,
+            "a number >= 0",
+        )  # fmt: skip
+        _require(
+            self.sigreg_projections <= MAX_SIGREG_PROJECTIONS, f"{section}.sigreg_projections",
+            self.sigreg_projections, f"at most {MAX_SIGREG_PROJECTIONS}",
+        )  # fmt: skip
+        _require(
+            2 <= self.sigreg_knots <= MAX_SIGREG_KNOTS, f"{section}.sigreg_knots",
+            self.sigreg_knots, f"an integer in [2, {MAX_SIGREG_KNOTS}]",
+        )  # fmt: skip
+        self._check_memory(section)
+
+    def _check_memory(self, section: str) -> None:
+        """Refuse a model whose float32 weights take more than a TRAINING_COPIES-th of this
+        machine's memory, naming the size field whose growth made it so."""
+        memory = physical_memory()
+        count = self.num_parameters()
+        if memory is None or 4 * count * TRAINING_COPIES <= memory:
+            return
+        sizes = [name for name, tp in _field_types(type(self)).items() if tp is int]
+        culprit = max(
+            sizes, key=lambda n: count - dataclasses.replace(self, **{n: 1}).num_parameters()
+        )
+        raise ConfigError(
+            f"{section}.{culprit}={_show(getattr(self, culprit))}: expected a smaller value; "
+            f"it makes a model of {_approx(count)} parameters "
+            f"({_approx(4 * count // 2**30)} GiB as float32), more than this machine's "
+            f"{memory // 2**30} GiB of memory can train (weights, gradients, optimiser state)",
+            field=f"{section}.{culprit}",
+        )
+
 
 @dataclass
 class DataConfig:
@@ -64,6 +228,15 @@ class DataConfig:
     val_fraction: float = 0.1
     cache: str = "auto"
     num_workers: int = 0
+
+    def validate(self, section: str = "data") -> None:
+        """A validation split that exists and leaves training data (training needs both)."""
+        _finite(section, self)
+        _require(
+            0 < self.val_fraction < 1, f"{section}.val_fraction", self.val_fraction,
+            "a fraction in (0, 1)",
+        )  # fmt: skip
+        _at_least(section, self, 0, "num_workers")
 
 
 @dataclass
@@ -97,6 +270,28 @@ class TrainConfig:
     strategy: str = "auto"
     max_nonfinite: int = 20
 
+    def validate(self, section: str = "train") -> None:
+        """Refuse settings that would train without bound, not at all, or into NaN weights
+        (``lr=inf`` does so within a step and still exits 0)."""
+        _finite(section, self)
+        _at_least(
+            section, self, 1, "max_steps", "batch_size", "log_every", "val_every",
+            "val_batches", "ckpt_every", "bn_recalib_batches", "devices", "num_nodes",
+        )  # fmt: skip
+        _at_least(section, self, 0, "max_nonfinite")
+        _require(self.lr > 0, f"{section}.lr", self.lr, "a number > 0")
+        for name in ("max_minutes", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            _require(value >= 0, f"{section}.{name}", value, "a number >= 0")
+        _require(
+            0 <= self.warmup_fraction < 1, f"{section}.warmup_fraction", self.warmup_fraction,
+            "a fraction in [0, 1)",
+        )  # fmt: skip
+        _require(
+            self.precision in TRAIN_PRECISIONS, f"{section}.precision", self.precision,
+            f"one of {', '.join(TRAIN_PRECISIONS)}",
+        )  # fmt: skip
+
 
 @dataclass
 class PlanConfig:
@@ -129,6 +324,26 @@ class PlanConfig:
     mppi_temperature: float = 0.1
     grad_lr: float = 0.1
 
+    def validate(self, section: str = "plan") -> None:
+        """Refuse searches that are empty, cannot rank (one elite has no spread) or grow
+        without bound (an iCEM decay below 1 enlarges the population every iteration)."""
+        _finite(section, self)
+        _at_least(section, self, 1, "samples", "iterations", "horizon", "receding_horizon")
+        _require(
+            self.receding_horizon <= self.horizon, f"{section}.receding_horizon",
+            self.receding_horizon, f"at most {section}.horizon={self.horizon}",
+        )  # fmt: skip
+        if self.solver in ELITE_SOLVERS:
+            _require(
+                2 <= self.elites <= self.samples, f"{section}.elites", self.elites,
+                f"an integer in [2, {section}.samples={self.samples}] for {self.solver}",
+            )  # fmt: skip
+        _require(self.icem_beta >= 0, f"{section}.icem_beta", self.icem_beta, "a number >= 0")
+        _require(self.icem_decay >= 1, f"{section}.icem_decay", self.icem_decay, "a number >= 1")
+        for name in ("mppi_temperature", "grad_lr"):
+            value = getattr(self, name)
+            _require(value > 0, f"{section}.{name}", value, "a number > 0")
+
 
 @dataclass
 class EvalConfig:
@@ -139,10 +354,19 @@ class EvalConfig:
     gifs: int = 4
     batch: int = 10
 
+    def validate(self, section: str = "eval") -> None:
+        """Refuse an evaluation of no episodes or steps, which would report a success rate
+        of nothing."""
+        _at_least(section, self, 1, "episodes", "goal_offset", "budget", "batch")
+        _at_least(section, self, 0, "gifs")
+
 
 @dataclass
 class RunConfig:
-    env: str = "tworoom"
+    """``env`` is empty until set: training takes it from the data file, and an ``env=`` given
+    by the user must then agree with the file rather than be silently replaced."""
+
+    env: str = ""
     preset: str = "paper"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,6 +374,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Every section's checks, plus the seed's range; ConfigError names the first bad
+        field by its dotted path, its value and what was expected."""
+        _require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"an integer in [0, {SEED_MAX}]")
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        self.plan.validate()
+        self.eval.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,7 +393,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
-        return _build(cls, data, source)
+        """A checked config from JSON data: every field of its annotated type, every value
+        valid; errors start with ``source`` (the file)."""
+        cfg: RunConfig = _build(cls, data, source)
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}", field=exc.field) from None
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
@@ -238,13 +479,18 @@ def _leaf_paths(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
     return paths
 
 
-def _coerce(text: str, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` → (X, True); any other annotation → (itself, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text.lower() in ("none", "null"):
-            return None
-        tp = args[0]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _coerce(text: str, tp: Any, key: str) -> Any:
+    tp, nullable = _optional(tp)
+    if nullable and text.lower() in ("none", "null"):
+        return None
     try:
         if tp is bool:
             lowered = text.lower()
@@ -254,7 +500,12 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
                 return False
             raise ValueError(text)
         if tp is int:
-            return int(float(text)) if "e" in text.lower() else int(text)
+            if "e" not in text.lower():
+                return int(text)
+            number = float(text)  # 1e5 is an integer; 1.5e0 is not
+            if not number.is_integer():
+                raise ValueError(text)
+            return int(number)
         if tp is float:
             return float(text)
         if tp is str:
@@ -267,7 +518,11 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``key=value`` strings; a key is a dotted path or an unambiguous field name."""
+    """Apply ``key=value`` strings; a key is a dotted path or an unambiguous field name.
+
+    The result is validated as a whole (:meth:`RunConfig.validate`), so no caller can go on
+    with a value the typed text allowed but the run cannot use (``train.lr=inf``).
+    """
     paths = _leaf_paths(RunConfig)
     by_leaf: dict[str, list[str]] = {}
     for dotted in paths:
@@ -293,21 +548,58 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             target = getattr(target, name)
         leaf_type = _field_types(type(target))[names[-1]]
         setattr(target, names[-1], _coerce(text.strip(), leaf_type, key))
+    cfg.validate()
     return cfg
 
 
-def _build(cls: type, data: dict[str, Any], source: str) -> Any:
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed(value: Any, tp: Any, where: str) -> Any:
+    """``value`` if it has the annotated type ``tp`` (an integer is a fine float, a boolean
+    is no number), else a ConfigError naming the field: a "8" or a 0.5 where an int
+    belongs would otherwise surface as a TypeError deep in torch."""
+    tp, nullable = _optional(tp)
+    if value is None and nullable:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is float:
+        ok = number and (isinstance(value, float) or abs(value) <= sys.float_info.max)
+        if ok:
+            return float(value)
+    elif tp is bool or tp is str:
+        ok = isinstance(value, tp)
+    elif tp is int:
+        ok = number and isinstance(value, int)
+    else:
+        raise ConfigError(f"{where}: fields of type {tp} cannot be read from JSON")
+    if not ok:
+        expected = _TYPE_NAMES[tp] + (" or null" if nullable else "")
+        raise ConfigError(f"{where}: expected {expected}, found {_show(value)}", field=where)
+    return value
+
+
+def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+    """``cls`` from JSON data, every field type-checked; errors name ``source`` and the
+    field's dotted path."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected an object for {cls.__name__}")
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{source}: {where}: expected an object of {cls.__name__} fields")
     hints = _field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)} in {cls.__name__}")
+        names = ", ".join(f"{prefix}{name}" for name in unknown)
+        raise ConfigError(f"{source}: unknown field(s) {names} in {cls.__name__}")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        is_section = dataclasses.is_dataclass(tp)
-        kwargs[name] = _build(tp, value, f"{source}.{name}") if is_section else value
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, source, f"{prefix}{name}.")
+        else:
+            try:
+                kwargs[name] = _typed(value, tp, f"{prefix}{name}")
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {exc}", field=exc.field) from None
     return cls(**kwargs)
 
 
@@ -316,9 +608,10 @@ def resolve(
     overrides: list[str] | None = None,
     options: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """Preset, then CLI options given explicitly (dotted path -> value), then overrides."""
-    cfg = preset(preset_name)
-    for dotted, value in (options or {}).items():
-        if value is not None:
-            apply_overrides(cfg, [f"{dotted}={value}"])
-    return apply_overrides(cfg, list(overrides or []))
+    """Preset, then CLI options given explicitly (dotted path -> value), then overrides.
+
+    Both steps are validated: an option is refused for its own value (``--batch-size 0``)
+    even where an override then replaces it, and the overrides as a whole.
+    """
+    given = [f"{dotted}={value}" for dotted, value in (options or {}).items() if value is not None]
+    return apply_overrides(apply_overrides(preset(preset_name), given), list(overrides or []))

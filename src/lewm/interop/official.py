@@ -12,14 +12,8 @@ folder or leaves none behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pickle
-import re
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,12 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lewm.checkpoint import load_checkpoint, save_checkpoint
-from lewm.config import ModelConfig, RunConfig, preset
+from lewm.checkpoint import first_nonfinite, load_checkpoint, load_tensors_only, save_checkpoint
+from lewm.config import ACTION_SMOOTHED_DIM, ConfigError, ModelConfig, RunConfig, preset
 from lewm.data import EpisodeStore, Normalizer
-from lewm.io import read_json_object
+from lewm.envs import get_env_spec
+from lewm.io import atomic_folder, read_json_object
 from lewm.model import LeWM
-from lewm.model.heads import ACTION_SMOOTHED_DIM
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
@@ -47,6 +41,25 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
 # The official action encoder's hidden width is mlp_scale × emb_dim; 4 is its default.
 DEFAULT_MLP_SCALE = 4
 _BATCHNORM = {"_target_": "torch.nn.BatchNorm1d", "_partial_": True}
+# ModelConfig fields read straight from one official field: (official field, type).
+_DIRECT: dict[str, tuple[str, type]] = {
+    "image_size": ("encoder.image_size", int),
+    "patch_size": ("encoder.patch_size", int),
+    "pred_depth": ("predictor.depth", int),
+    "pred_heads": ("predictor.heads", int),
+    "pred_dim_head": ("predictor.dim_head", int),
+    "pred_mlp": ("predictor.mlp_dim", int),
+    "pred_dropout": ("predictor.dropout", float),
+    "history": ("predictor.num_frames", int),
+}
+# Where every other ModelConfig field comes from, to name it when its value is refused.
+_DERIVED = {
+    **{name: "encoder.size" for name in ("enc_dim", "enc_depth", "enc_heads", "enc_mlp")},
+    "embed_dim": "projector.output_dim",
+    "proj_hidden": "projector.hidden_dim",
+    "frameskip": "action_encoder.input_dim",
+    "action_hidden": "action_encoder.mlp_scale",
+}
 
 
 class OfficialCheckpointError(ValueError):
@@ -154,18 +167,9 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise OfficialCheckpointError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's message is a paragraph of advice; the object it refused is all that matters.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = found.group(1) if found else "an object torch does not allow"
-        raise OfficialCheckpointError(
-            f"{path}: refused to unpickle a non-tensor object ({what}); only a plain dict "
-            "of tensors is loaded, never code"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
-        raise OfficialCheckpointError(f"{path}: not a readable torch file ({exc})") from None
+    obj = load_tensors_only(
+        path, OfficialCheckpointError, "expected the official weights.pt (a dict of tensors)"
+    )
     if not isinstance(obj, Mapping):
         raise OfficialCheckpointError(
             f"{path}: expected a state dict (a dict of tensors), found {type(obj).__name__}"
@@ -251,25 +255,27 @@ def model_config_from_official(
             f"{source}: field 'action_encoder.input_dim' is {block_dim}, not a multiple of the "
             f"dataset's action width {action_dim}; is --data the checkpoint's environment?"
         )
-    return ModelConfig(
-        image_size=_field(cfg, "encoder.image_size", int, source),
-        patch_size=_field(cfg, "encoder.patch_size", int, source),
+    model = ModelConfig(
+        **{ours: _field(cfg, theirs, kind, source) for ours, (theirs, kind) in _DIRECT.items()},
         enc_dim=enc_dim,
         enc_depth=enc_depth,
         enc_heads=enc_heads,
         enc_mlp=enc_mlp,
         embed_dim=embed_dim,
         proj_hidden=proj_hidden,
-        pred_depth=_field(cfg, "predictor.depth", int, source),
-        pred_heads=_field(cfg, "predictor.heads", int, source),
-        pred_dim_head=_field(cfg, "predictor.dim_head", int, source),
-        pred_mlp=_field(cfg, "predictor.mlp_dim", int, source),
-        pred_dropout=_field(cfg, "predictor.dropout", float, source),
-        history=_field(cfg, "predictor.num_frames", int, source),
         action_dim=action_dim,
         frameskip=block_dim // action_dim,
         action_hidden=mlp_scale * embed_dim,
     )
+    # Sizes are checked (and the model's memory bounded) before anything is allocated.
+    try:
+        model.validate()
+    except ConfigError as exc:
+        ours = (exc.field or "").removeprefix("model.")
+        theirs = _DIRECT[ours][0] if ours in _DIRECT else _DERIVED.get(ours)
+        where = f"field {theirs!r}: " if theirs else ""
+        raise OfficialCheckpointError(f"{source}: {where}{exc}") from None
+    return model
 
 
 def official_config(m: ModelConfig) -> dict[str, Any]:
@@ -345,27 +351,6 @@ def official_config(m: ModelConfig) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _new_folder(out: Path) -> Iterator[Path]:
-    """Yield a hidden sibling folder that becomes ``out`` only if the block succeeds.
-
-    ``out`` must not exist or be empty: overwriting another run's files half way would
-    leave a folder that belongs to neither.
-    """
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: already exists and is not an empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _load_json(path: Path) -> dict[str, Any]:
     return read_json_object(path, "file", OfficialCheckpointError)
 
@@ -381,17 +366,22 @@ def import_official(
     The official checkpoint carries no action statistics (the reference refits them from the
     dataset at every run), so they are fitted here from ``data`` — use the training file to
     get the scale the model was trained with. The environment is taken from the data file or
-    ``env``; the official files do not name it, so it must then be given.
+    ``env``; the official files do not name it, so it must then be given. ``out`` must not
+    exist or be empty: overwriting another run's files would leave a folder that belongs to
+    neither.
     """
     src, out = Path(src), Path(out)
+    if env is not None:
+        get_env_spec(env)  # an unknown name is refused before any file is read
     official_cfg = _load_json(src / CONFIG)
-    weights = read_weights(src / WEIGHTS)
     with EpisodeStore(data, cache="none") as store:
         env_name = env or store.env_name
         if env_name is None:
             raise OfficialCheckpointError(
                 f"{store.path}: the file does not name its environment; pass --env NAME"
             )
+        if env is None:
+            get_env_spec(env_name)  # the name the file gives must be known too
         model_cfg = model_config_from_official(official_cfg, store.action_dim, str(src / CONFIG))
         if store.image_size != model_cfg.image_size:
             raise OfficialCheckpointError(
@@ -400,12 +390,17 @@ def import_official(
             )
         norm = Normalizer.fit(store, ("action",))
         data_path = str(store.path.resolve())
+    weights = read_weights(src / WEIGHTS)
+    state = from_official(weights, model_cfg, str(src / WEIGHTS))
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise OfficialCheckpointError(f"{src / WEIGHTS}: key {bad!r} holds NaN or inf")
     cfg = preset("paper")
     cfg.env, cfg.model = env_name, model_cfg
     cfg.data.path = data_path
     model = LeWM(model_cfg)
-    model.load_state_dict(from_official(weights, model_cfg, str(src / WEIGHTS)))
-    with _new_folder(out) as tmp:
+    model.load_state_dict(state)
+    with atomic_folder(out, replace=False) as tmp:
         save_checkpoint(tmp, model, cfg, norm)
     return cfg
 
@@ -418,7 +413,7 @@ def export_official(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
     ckpt = load_checkpoint(run_dir)
     config = official_config(ckpt.config.model)
     state = to_official(ckpt.model.state_dict(), ckpt.config.model.enc_depth)
-    with _new_folder(Path(out)) as tmp:
+    with atomic_folder(out, replace=False) as tmp:
         torch.save(state, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return len(state)

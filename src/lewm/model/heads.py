@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-# Width the action encoder first squeezes a block into (the released model's "smoothed" dim).
-ACTION_SMOOTHED_DIM = 10
+from lewm.config import ACTION_SMOOTHED_DIM
 
 
 class Projector(nn.Module):
