@@ -33,10 +33,6 @@ def check_scaling(t: TrainConfig, device: torch.device) -> None:
             f"train.strategy={t.strategy!r}: expected one of {', '.join(STRATEGIES)} "
             "(ddp for several devices or nodes, also under torchrun and SLURM)"
         )
-    if t.devices < 1 or t.num_nodes < 1:
-        raise ConfigError(
-            f"train.devices={t.devices}, train.num_nodes={t.num_nodes}: expected both >= 1"
-        )
     available = {
         "cuda": torch.cuda.device_count() if device.type == "cuda" else 0,
         "mps": 1,
