@@ -395,7 +395,7 @@ def test_ctrl_c_is_quiet_and_keeps_the_old_file(tmp_path, workers):
     collect("tworoom", 1, out, resolution=64, progress=False)
     before = out.read_bytes()
     proc = lewm("collect", "tworoom", "--episodes", "5000", "--out", str(out), "--overwrite",
-                "--workers", workers)
+                "--workers", workers, start_new_session=True)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if any(p.name.endswith(".part") for p in tmp_path.iterdir()):
@@ -405,7 +405,9 @@ def test_ctrl_c_is_quiet_and_keeps_the_old_file(tmp_path, workers):
     proc.send_signal(signal.SIGINT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(60)
-    proc.kill()
+    # The whole group: a worker left behind would hold the output pipe open for ever.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     output = proc.communicate()[0]
     assert proc.returncode == 130, output
     assert "Traceback" not in output and "Exception ignored" not in output, output

@@ -123,6 +123,7 @@ def _init_worker(env_name: str, resolution: int, policy: str | None) -> None:
     """
     global _worker_recorder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _sigint_deferred
     _worker_recorder = EpisodeRecorder(env_name, resolution, policy)
 
 
@@ -157,25 +158,30 @@ def _episodes(
         return
     recorder.close()
     context = multiprocessing.get_context("spawn")
-    # Started with Ctrl-C ignored, which a spawned process inherits: a Ctrl-C in the second
-    # a worker takes to import would otherwise print its traceback before _init_worker runs.
-    with _sigint_ignored():
+    with _sigint_deferred():
         pool = context.Pool(workers, _init_worker, (env_name, resolution, policy))
     with pool:
         yield _in_order(pool, seed, indices, window=2 * workers)
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C for the block (main thread only: no other may set signal handlers)."""
+def _sigint_deferred() -> Iterator[None]:
+    """Block Ctrl-C while the pool starts its workers and threads.
+
+    A spawned worker inherits the blocked signal, so a Ctrl-C in the second it takes to
+    import cannot print its traceback before ``_init_worker`` ignores it (and unblocks); the
+    pool's threads keep it blocked, so it always reaches the main thread; and a Ctrl-C that
+    arrives meanwhile is delivered here when the block ends, not lost (ignoring it instead
+    let a collection run on to the end).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _in_order(pool: Any, seed: int, indices: range, window: int) -> Iterator[Episode]:
