@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import write_rows
 
-from lewm.data import EpisodeStore, collect
+from lewm.data import collect, open_store
 from lewm.envs.gl import ensure_gl_backend
 
 # Enough episodes per setting for a few seconds of work on two cores.
@@ -34,7 +34,7 @@ def measure(env: str, resolution: int, workers: int, episodes: int) -> dict[str,
         collect(env, episodes, path, resolution=resolution, seed=0, workers=workers,
                 progress=False)
         seconds = time.perf_counter() - start
-        with EpisodeStore(path, cache="none") as store:
+        with open_store(path, cache="none") as store:
             frames = int(store.ep_len.sum())
     return {"env": env, "resolution": resolution, "workers": workers, "episodes": episodes,
             "frames": frames, "seconds": round(seconds, 2),

@@ -30,7 +30,7 @@ import transformers
 
 from lewm.checkpoint import load_checkpoint
 from lewm.config import ModelConfig
-from lewm.data import ClipDataset, EpisodeStore, Normalizer, collect
+from lewm.data import ClipDataset, Normalizer, collect, open_store
 from lewm.interop import (
     export_official,
     import_official,
@@ -129,7 +129,7 @@ def to_official_layout(src: Path, out: Path) -> None:
 
 
 def clips_per_second(path: Path, clips: int) -> float:
-    with EpisodeStore(path, cache="none") as store:
+    with open_store(path, cache="none") as store:
         norm = Normalizer.fit(store, ("action",))
         dataset = ClipDataset(store, np.arange(store.num_episodes), 4, 5, norm)
         order = np.random.default_rng(0).integers(0, len(dataset), clips)
@@ -144,7 +144,7 @@ def clip_figures(tmp: Path, episodes: int, clips: int) -> dict[str, float]:
     own = collect("tworoom", episodes, tmp / "own.h5", resolution=224, seed=0, progress=False)
     official = tmp / "official.h5"
     to_official_layout(own, official)
-    with EpisodeStore(own, cache="none") as store:
+    with open_store(own, cache="none") as store:
         rows = store.num_rows
     return {
         "rows": rows,

@@ -18,7 +18,7 @@ import torch
 from common import write_rows
 from torch.utils.data import DataLoader
 
-from lewm.data import ClipDataset, EpisodeStore, Normalizer, collect
+from lewm.data import ClipDataset, Normalizer, collect, open_store
 
 
 def dataset_file(args: argparse.Namespace) -> Path:
@@ -63,7 +63,7 @@ def main() -> None:
     path = dataset_file(args)
     rows = []
     for cache in args.cache:
-        store = EpisodeStore(path, cache=cache)
+        store = open_store(path, cache=cache)
         norm = Normalizer.fit(store, ("action",))
         episodes = np.arange(store.num_episodes)
         dataset = ClipDataset(store, episodes, args.num_steps, args.frameskip, norm)

@@ -24,6 +24,17 @@ On CPU both run with glibc's allocator set as `lewm eval` sets it (``keep_freed_
 Weights are random, with the AdaLN modulation woken up (it starts at zero) so that actions
 matter; speed does not depend on the weights.
     python benchmarks/plan_speed.py --presets tiny paper
+
+With ``--models lewm dinowm`` it instead puts world-model kinds side by side at the paper's
+planning configuration (224 px frames, history 3, CEM 300 samples × 30 iterations, horizon
+5; DINO-WM-style with its ViT-S/14 encoder's 256 patches per frame): seconds and FLOPs per
+CEM iteration (one rollout of every candidate and its cost) and per plan (two encodings plus
+30 iterations), measured in one run, taken in turn.
+    python benchmarks/plan_speed.py --models lewm dinowm --samples dinowm=3 \
+        --out benchmarks/results/plan_speed_models.json
+A CEM iteration's work is the same for every candidate, so a kind too slow for a CPU at 300
+samples can be timed and counted at ``--samples`` fewer candidates per call and scaled to
+300 (stated in the output).
 """
 
 from __future__ import annotations
@@ -39,12 +50,13 @@ import torch
 from common import preset_parser, write_rows
 from torch.utils.flop_counter import FlopCounterMode
 
-from lewm.config import PlanConfig, preset
+from lewm.config import PlanConfig, apply_overrides, preset
 from lewm.data.normalize import Normalizer
 from lewm.device import keep_freed_memory, resolve_device
 from lewm.model import LeWM
-from lewm.plan.mpc import MPCPlanner, frames_to_tensor, goal_cost
+from lewm.plan.mpc import MPCPlanner, frames_to_tensor, plan_flops
 from lewm.plan.solvers import CEM
+from lewm.registry import build_model
 
 
 def reference_rollout(model: LeWM, z0: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -66,7 +78,7 @@ def reference_plan(model: LeWM, cfg: PlanConfig, obs: np.ndarray, goal: np.ndarr
         zg = model.encode(frames_to_tensor(goal[None], device))[:, 0]
         samples = candidates.shape[1]
         predicted = reference_rollout(model, z0.expand(samples, -1, -1), candidates[0])
-        return goal_cost(predicted, zg).view(1, samples)
+        return model.planning_cost(predicted, zg).view(1, samples)
 
     solver = CEM(cfg.samples, cfg.elites, cfg.iterations)
     shape = (cfg.horizon, model.cfg.block_dim)
@@ -106,6 +118,83 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def paper_model_config(kind: str) -> tuple[object, PlanConfig]:
+    """The paper-scale config of a kind and the paper's CEM (PROTOCOL.md §2)."""
+    cfg = apply_overrides(preset("paper"), [f"model.kind={kind}"])
+    return cfg.model, cfg.plan
+
+
+def compare_models(kinds: list[str], samples: dict[str, int], repeats: int,
+                   device: torch.device) -> list[dict]:
+    """Seconds and FLOPs per CEM iteration and per plan of each kind, side by side."""
+    entries = {}
+    for kind in kinds:
+        model_cfg, plan = paper_model_config(kind)
+        torch.manual_seed(0)
+        model = build_model(model_cfg).to(device).eval()
+        size = model_cfg.image_size
+        frame = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        with torch.no_grad():
+            z = model.encode(frames_to_tensor(frame, device))
+            goal = model.encode(frames_to_tensor(frame, device))[:, 0]
+        n = samples.get(kind, plan.samples)
+        # As MPCPlanner plans: the current frame is the whole context.
+        blocks = torch.randn(n, plan.horizon, model_cfg.block_dim, device=device)
+        ctx = z
+
+        def iteration(model=model, ctx=ctx, blocks=blocks, goal=goal):
+            with torch.no_grad():
+                predicted = model.rollout(ctx, blocks)
+                return model.planning_cost(predicted, goal.expand(len(blocks), -1))
+
+        def encode(model=model, frame=frame):
+            with torch.no_grad():
+                return model.encode(frames_to_tensor(np.concatenate([frame, frame]), device))
+
+        # Counted at the timed sample count and scaled: every candidate costs the same.
+        counted = plan_flops(model, size, dataclasses.replace(plan, samples=n),
+                             model_cfg.block_dim, device)
+        counted["iteration"] = counted["iteration"] * plan.samples // n
+        counted["plan"] = counted["encode"] + plan.iterations * counted["iteration"]
+        entries[kind] = {"iteration": iteration, "encode": encode, "samples_timed": n,
+                         "latent_dim": int(z.shape[-1]),
+                         "flops": counted, "plan": plan, "cfg": model_cfg,
+                         "params": model.param_counts()}
+    methods = {f"{k}/iteration": e["iteration"] for k, e in entries.items()}
+    methods |= {f"{k}/encode": e["encode"] for k, e in entries.items()}
+    seconds, _ = timed(methods, repeats)
+    rows = []
+    for kind, e in entries.items():
+        plan, cfg = e["plan"], e["cfg"]
+        scale = plan.samples / e["samples_timed"]
+        t_iter = statistics.median(seconds[f"{kind}/iteration"]) * scale
+        t_enc = statistics.median(seconds[f"{kind}/encode"])
+        rows.append({
+            "kind": kind, "device": str(device), "threads": torch.get_num_threads(),
+            "image_size": cfg.image_size, "history": cfg.history,
+            "latent_dim": e["latent_dim"],
+            "samples": plan.samples, "samples_timed": e["samples_timed"],
+            "iterations": plan.iterations, "horizon": plan.horizon,
+            "seconds_per_iteration": t_iter,
+            "seconds_per_plan": t_enc + plan.iterations * t_iter,
+            "gflop_per_iteration": e["flops"]["iteration"] / 1e9,
+            "gflop_per_plan": e["flops"]["plan"] / 1e9,
+            "parameters": e["params"],
+        })
+    base = rows[0]
+    for row in rows:
+        row["time_ratio_to_" + base["kind"]] = row["seconds_per_iteration"] / base[
+            "seconds_per_iteration"]
+        row["flop_ratio_to_" + base["kind"]] = row["gflop_per_iteration"] / base[
+            "gflop_per_iteration"]
+        print(f"{row['kind']:7s} {row['seconds_per_iteration']:9.3f} s/iteration "
+              f"({row['gflop_per_iteration']:10.1f} GFLOP; timed at {row['samples_timed']} "
+              f"samples, scaled to {row['samples']}) | {row['seconds_per_plan']:9.1f} s/plan "
+              f"({row['gflop_per_plan']:10.1f} GFLOP) | x{row['time_ratio_to_' + base['kind']]:.1f}"
+              f" time, x{row['flop_ratio_to_' + base['kind']]:.1f} FLOPs vs {base['kind']}")
+    return rows
+
+
 def main() -> None:
     parser = preset_parser(__doc__, "plan_speed")
     parser.add_argument("--plans", type=int, default=3, help="timed plans per method")
@@ -114,10 +203,18 @@ def main() -> None:
                         help="also time plan.compile (torch.compile of the rollout)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="also time plan.precision=bf16 (with plan.compile under --compile)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="world-model kinds to compare at the paper's configuration")
+    parser.add_argument("--samples", nargs="+", default=[], metavar="KIND=N",
+                        help="time KIND at N candidates per iteration and scale to 300")
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_freed_memory()  # as `lewm eval` does; naive and fast alike
+    if args.models:
+        samples = {k: int(v) for k, v in (item.split("=") for item in args.samples)}
+        write_rows(compare_models(args.models, samples, args.plans, device), args.out)
+        return
     peak = matmul_gflops(device)
     print(f"matmul throughput ({device}, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
     rows = []

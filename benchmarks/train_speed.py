@@ -1,24 +1,45 @@
-"""Training throughput (frames/s) of a full step — forward, backward, clipping, AdamW — per
-preset, for lewm's model and for a plain reference implementation of the same model.
+"""Training throughput (frames/s) of a full step — forward, backward, gradient clipping, AdamW —
+per preset and precision, for lewm's model and for a faithful reference of the authors' code.
 
-The reference below is written the way the reference code computes LeWM: eager PyTorch in
-float32, attention as an explicit softmax over q·kᵀ, no fused kernels. It loads lewm's weights
-(same parameter names), and before timing both compute the loss of one batch with the same
-SIGReg directions; the run fails if they disagree beyond tolerance. Both use torch's default
-AdamW, as training does: fused AdamW would save ~30 ms a paper step on CPU, but Lightning
-refuses it together with mixed precision and gradient clipping.
+The reference computes LeWM the way le-wm / stable-worldmodel train it (MODEL.md §2–7):
+
+* encoder: Hugging Face ``transformers.ViTModel(ViTConfig(...), add_pooling_layer=False)``
+  with ``attn_implementation="sdpa"``, trained from scratch, called with
+  ``interpolate_pos_encoding=True``; its CLS token (``last_hidden_state[:, 0]``) is the output;
+* projector / pred_proj: Linear → BatchNorm1d → GELU → Linear over the flattened (B·T) vectors;
+* action encoder: float cast, Conv1d(kernel 1) → Linear → SiLU → Linear, over all T blocks;
+* predictor: AdaLN-zero conditional blocks whose attention is ``F.scaled_dot_product_attention``
+  with ``is_causal=True`` over q/k/v chunks of one bias-free Linear, then the final LayerNorm;
+* loss: actions NaN → 0, ``(pred - target).pow(2).mean()`` plus λ·SIGReg, SIGReg batched over
+  the T time steps and computed inside autocast as the authors do (bf16 projection matmul).
+
+Precision is compared like with like: lewm under bf16 autocast against the reference under the
+same autocast (Lightning's ``bf16`` precision is ``torch.autocast(dtype=torch.bfloat16)`` around
+the forward pass), and lewm in float32 against the reference in float32. Both sides use the
+same batch, thread count, gradient clipping (norm 1.0) and AdamW (lr 5e-5, weight decay 1e-3,
+torch defaults otherwise, as the released config); both normalise the uint8 pixels inside the
+step. Timed steps are interleaved — lewm, reference, reference, lewm, … — so that background
+load falls on both alike; each side's figure is the median of its timed steps after warmup.
+
+Before timing, the reference loads lewm's weights (its encoder through the official key map,
+``lewm.interop.official.to_official``) and both compute the loss of one batch with the same
+SIGReg directions and dropout off; the run fails if they disagree beyond tolerance.
 
 Not a test: prints figures and writes JSON. Synthetic uint8 clips, so no dataset needed.
-    python benchmarks/train_speed.py --presets tiny paper --precision fp32 bf16
+Needs ``transformers`` (a dev dependency); without it the benchmark says so and exits 1.
+    python benchmarks/train_speed.py --presets tiny paper --precision bf16 fp32 --threads 1
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import platform
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -27,106 +48,63 @@ from torch import Tensor, nn
 
 from lewm.config import ModelConfig, preset
 from lewm.device import resolve_device
+from lewm.interop.official import to_official
 from lewm.model import LeWM
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
-from lewm.model.vit import MLP, SelfAttention, explicit_attention
 
-DEFAULT_BATCH = {"tiny": 64, "paper": 16}
+# Paper: 8 clips × 4 frames = 32 frames of 224 px a step: seconds a step on one CPU core,
+# so that a run fits several interleaved repetitions in minutes.
+DEFAULT_BATCH = {"tiny": 64, "paper": 8}
 # Relative loss tolerance against the float32 reference on the same batch and directions:
 # float32 differs only in summation order; bf16 autocast rounds every matmul input to 8 bits.
 LOSS_RTOL = {"fp32": 1e-4, "bf16": 3e-2}
+LR, WEIGHT_DECAY, CLIP = 5e-5, 1e-3, 1.0  # MODEL.md §7
+REFERENCE = (
+    "transformers.ViTModel (sdpa) encoder + the authors' projector, action encoder, "
+    "AdaLN-zero predictor (causal SDPA) and batched SIGReg, same precision as lewm"
+)
+
+
+def require_transformers() -> ModuleType:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise SystemExit(
+            "train_speed: the reference encoder is transformers.ViTModel, but transformers is "
+            f"not importable ({exc}); install the dev extra: pip install -e '.[dev]'"
+        ) from exc
+    return transformers
 
 
 # ---------------------------------------------------------------- the reference model
-class RefSelfAttention(SelfAttention):
-    """lewm's parameters (so weights load by name), the reference's explicit softmax."""
+class RefAttention(nn.Module):
+    """The authors' predictor attention: LayerNorm, one bias-free qkv Linear, causal SDPA."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dropout = heads, dropout
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        return self.proj(explicit_attention(q, k, v, False, 0.0).transpose(1, 2).reshape(b, t, -1))
-
-
-class RefBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-12)
-        self.attn = RefSelfAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-12)
-        self.mlp = MLP(dim, mlp)  # already plain eager: Linear, exact GELU, Linear
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
-class RefViT(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        dim, patches = cfg.enc_dim, (cfg.image_size // cfg.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, dim, cfg.patch_size, cfg.patch_size)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, dim))
-        self.blocks = nn.ModuleList(
-            RefBlock(dim, cfg.enc_heads, cfg.enc_mlp) for _ in range(cfg.enc_depth)
+        drop = self.dropout if self.training else 0.0
+        q, k, v = (
+            part.reshape(b, t, self.heads, -1).transpose(1, 2)  # 'b t (h d) -> b h t d'
+            for part in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-
-class RefProjector(nn.Module):
-    def __init__(self, dim: int, hidden: int, out: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out)
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
-
-
-class RefActionEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.patch_embed = nn.Conv1d(cfg.block_dim, 10, 1)
-        self.embed = nn.Sequential(
-            nn.Linear(10, cfg.action_hidden), nn.SiLU(), nn.Linear(cfg.action_hidden, cfg.embed_dim)
-        )
-
-    def forward(self, blocks: Tensor) -> Tensor:
-        return self.embed(self.patch_embed(blocks.transpose(1, 2)).transpose(1, 2))
-
-
-class RefCausalAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        inner = cfg.pred_heads * cfg.pred_dim_head
-        self.heads, self.dropout = cfg.pred_heads, cfg.pred_dropout
-        self.norm = nn.LayerNorm(cfg.embed_dim)
-        self.to_qkv = nn.Linear(cfg.embed_dim, 3 * inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, cfg.embed_dim), nn.Dropout(cfg.pred_dropout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        qkv = self.to_qkv(self.norm(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        dropout = self.dropout if self.training else 0.0
-        out = explicit_attention(*qkv, True, dropout)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class RefFeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        dim, p = cfg.embed_dim, cfg.pred_dropout
         self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, cfg.pred_mlp), nn.GELU(), nn.Dropout(p),
-            nn.Linear(cfg.pred_mlp, dim), nn.Dropout(p),
+            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, dim), nn.Dropout(dropout),
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,114 +112,230 @@ class RefFeedForward(nn.Module):
 
 
 class RefConditionalBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """AdaLN-zero block (DiT style, per-token conditioning)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, mlp: int, dropout: float) -> None:
         super().__init__()
-        dim = cfg.embed_dim
-        self.attn = RefCausalAttention(cfg)
-        self.mlp = RefFeedForward(cfg)
+        self.attn = RefAttention(dim, heads, dim_head, dropout)
+        self.mlp = RefFeedForward(dim, mlp, dropout)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.adaLN_modulation[-1].bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
-        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale1) + shift1
-        x = x + gate1 * self.attn(h)
-        h = F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale2) + shift2
-        return x + gate2 * self.mlp(h)
+        x = x + gate1 * self.attn(self.norm1(x) * (1 + scale1) + shift1)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+
+class RefTransformer(nn.Module):
+    """The authors' Transformer; input/cond/output projections are identities at LeWM's
+    sizes (all widths equal), kept so the call sequence is theirs."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(
+            RefConditionalBlock(dim, cfg.pred_heads, cfg.pred_dim_head, cfg.pred_mlp,
+                                cfg.pred_dropout)
+            for _ in range(cfg.pred_depth)
+        )  # fmt: skip
+        self.input_proj, self.cond_proj = nn.Identity(), nn.Identity()
+        self.output_proj = nn.Identity()
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        x, c = self.input_proj(x), self.cond_proj(c)
+        for block in self.layers:
+            x = block(x, c)
+        return self.output_proj(self.norm(x))
 
 
 class RefPredictor(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.pos_embedding = nn.Parameter(torch.zeros(1, cfg.history, cfg.embed_dim))
-        self.transformer = nn.ModuleDict(
-            dict(
-                layers=nn.ModuleList(RefConditionalBlock(cfg) for _ in range(cfg.pred_depth)),
-                norm=nn.LayerNorm(cfg.embed_dim),
-            )
+        self.pos_embedding = nn.Parameter(torch.randn(1, cfg.history, cfg.embed_dim))
+        self.dropout = nn.Dropout(0.0)  # emb_dropout of the released config
+        self.transformer = RefTransformer(cfg)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        x = self.dropout(x + self.pos_embedding[:, : x.shape[1]])
+        return self.transformer(x, c)
+
+
+class RefEmbedder(nn.Module):
+    """The authors' action encoder (``Embedder``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv1d(cfg.block_dim, 10, kernel_size=1)
+        self.embed = nn.Sequential(
+            nn.Linear(10, cfg.action_hidden), nn.SiLU(), nn.Linear(cfg.action_hidden, cfg.embed_dim)
         )
 
-    def forward(self, z: Tensor, c: Tensor) -> Tensor:
-        x = z + self.pos_embedding[:, : z.shape[1]]
-        for layer in self.transformer.layers:
-            x = layer(x, c)
-        return self.transformer.norm(x)
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x.float().permute(0, 2, 1)).permute(0, 2, 1)
+        return self.embed(x)
 
 
-def ref_sigreg(z: Tensor, projections: int, knots: int, generator: torch.Generator) -> Tensor:
-    """Epps–Pulley over random projections (MODEL.md §5), one time step after another."""
-    g = torch.randn(z.shape[-1], projections, generator=generator, device=generator.device)
-    directions = (g / g.norm(dim=0, keepdim=True)).to(z.device)
-    t = torch.linspace(0.0, 3.0, knots, device=z.device)
-    phi = torch.exp(-0.5 * t**2)
-    weights = torch.full_like(t, 6.0 / (knots - 1)) * phi
-    weights[[0, -1]] /= 2
-    values = []
-    for zt in z.float():
-        x = (zt @ directions).unsqueeze(-1) * t
-        err = (x.cos().mean(0) - phi) ** 2 + x.sin().mean(0) ** 2
-        values.append((zt.shape[0] * (err @ weights)).mean())
-    return torch.stack(values).mean()
+class RefMLP(nn.Module):
+    """Projector / pred_proj: Linear → BatchNorm1d → GELU → Linear on (N, D)."""
+
+    def __init__(self, dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, out)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class RefSIGReg(nn.Module):
+    """The authors' SIGReg: Epps–Pulley over random directions, batched over time steps,
+    with no float cast (under bf16 autocast the projection matmul runs in bf16).
+
+    Directions come from ``generator`` so that the loss check can match lewm's; the authors
+    draw from the global RNG, at the same cost. Buffers are non-persistent only so that
+    lewm's state dict loads as is."""
+
+    def __init__(self, knots: int, num_proj: int) -> None:
+        super().__init__()
+        self.num_proj = num_proj
+        t = torch.linspace(0, 3, knots, dtype=torch.float32)
+        dt = 3 / (knots - 1)
+        weights = torch.full((knots,), 2 * dt, dtype=torch.float32)
+        weights[[0, -1]] = dt
+        window = torch.exp(-t.square() / 2.0)
+        self.register_buffer("t", t, persistent=False)
+        self.register_buffer("phi", window, persistent=False)
+        self.register_buffer("weights", weights * window, persistent=False)
+
+    def forward(self, proj: Tensor, generator: torch.Generator) -> Tensor:
+        a = torch.randn(proj.size(-1), self.num_proj, generator=generator,
+                        device=generator.device).to(proj.device)  # fmt: skip
+        a = a.div_(a.norm(p=2, dim=0))
+        x_t = (proj @ a).unsqueeze(-1) * self.t
+        err = (x_t.cos().mean(-3) - self.phi).square() + x_t.sin().mean(-3).square()
+        statistic = (err @ self.weights) * proj.size(-2)
+        return statistic.mean()
 
 
 class RefLeWM(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.encoder = RefViT(cfg)
-        self.projector = RefProjector(cfg.enc_dim, cfg.proj_hidden, cfg.embed_dim)
-        self.action_encoder = RefActionEncoder(cfg)
-        self.predictor = RefPredictor(cfg)
-        self.pred_proj = RefProjector(cfg.embed_dim, cfg.proj_hidden, cfg.embed_dim)
+        from transformers import ViTConfig, ViTModel
 
-    def loss(self, pixels: Tensor, blocks: Tensor, generator: torch.Generator) -> Tensor:
+        self.cfg = cfg
+        vit = ViTConfig(
+            hidden_size=cfg.enc_dim, num_hidden_layers=cfg.enc_depth,
+            num_attention_heads=cfg.enc_heads, intermediate_size=cfg.enc_mlp,
+            patch_size=cfg.patch_size, image_size=cfg.image_size, attn_implementation="sdpa",
+        )  # fmt: skip
+        self.encoder = ViTModel(vit, add_pooling_layer=False)
+        if self.encoder.config._attn_implementation != "sdpa":
+            raise SystemExit(
+                f"train_speed: ViTModel runs {self.encoder.config._attn_implementation!r} "
+                "attention, not 'sdpa'"
+            )
+        self.predictor = RefPredictor(cfg)
+        self.action_encoder = RefEmbedder(cfg)
+        self.projector = RefMLP(cfg.enc_dim, cfg.proj_hidden, cfg.embed_dim)
+        self.pred_proj = RefMLP(cfg.embed_dim, cfg.proj_hidden, cfg.embed_dim)
+        self.sigreg = RefSIGReg(cfg.sigreg_knots, cfg.sigreg_projections)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    def loss(self, pixels: Tensor, action: Tensor, generator: torch.Generator) -> Tensor:
+        """The authors' ``lejepa_forward``; pixel normalisation (their data transform) is done
+        here because lewm's step does it too."""
         cfg = self.cfg
-        mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
-        x = (pixels.float() / 255 - mean) / std
-        s = cfg.image_size
-        z = self.projector(self.encoder(x.reshape(-1, 3, s, s))[:, 0])
-        z = z.reshape(*pixels.shape[:2], -1)
-        c = self.action_encoder(blocks[:, : cfg.history])
-        pred = self.pred_proj(self.predictor(z[:, : cfg.history], c))
-        target = z[:, cfg.num_preds : cfg.num_preds + cfg.history]
-        sigreg = ref_sigreg(z.transpose(0, 1), cfg.sigreg_projections, cfg.sigreg_knots, generator)
-        return F.mse_loss(pred, target) + cfg.sigreg_lambda * sigreg
+        pixels = (pixels.float() / 255 - self.mean) / self.std
+        action = torch.nan_to_num(action, 0.0)
+        b = pixels.shape[0]
+        out = self.encoder(pixels.flatten(0, 1), interpolate_pos_encoding=True)
+        emb = self.projector(out.last_hidden_state[:, 0]).reshape(b, -1, cfg.embed_dim)
+        act_emb = self.action_encoder(action)
+        preds = self.predictor(emb[:, : cfg.history], act_emb[:, : cfg.history])
+        pred = self.pred_proj(preds.flatten(0, 1)).reshape(b, -1, cfg.embed_dim)
+        pred_loss = (pred - emb[:, cfg.num_preds :]).pow(2).mean()
+        return pred_loss + cfg.sigreg_lambda * self.sigreg(emb.transpose(0, 1), generator)
 
 
 # ---------------------------------------------------------------- measuring
-def median_seconds(step: Callable[[], None], steps: int, device: torch.device) -> float:
-    times = []
-    for i in range(steps + 1):  # the first step warms up allocators and kernels
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def train_step(
-    loss_fn: Callable[[torch.Generator], Tensor], model: nn.Module, opt: torch.optim.Optimizer
-) -> Callable[[], None]:
-    def step() -> None:
-        loss = loss_fn(torch.Generator().manual_seed(0))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return step
-
-
 def autocast(precision: str, device: torch.device) -> torch.autocast | nullcontext:
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
+def train_step(
+    loss_fn: Callable[[torch.Generator], Tensor], model: nn.Module, device: torch.device
+) -> Callable[[], float]:
+    """One Lightning-style step (zero_grad, forward, backward, clip, AdamW); returns seconds."""
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+
+    def step() -> float:
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(torch.Generator().manual_seed(0))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step
+
+
+def interleaved(
+    ours: Callable[[], float], ref: Callable[[], float], steps: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Warm both up, then alternate ours/ref with the order flipped each round (AB BA AB …)."""
+    for _ in range(warmup):
+        ours()
+        ref()
+    times: dict[str, list[float]] = {"ours": [], "ref": []}
+    for i in range(steps):
+        order = (("ours", ours), ("ref", ref)) if i % 2 == 0 else (("ref", ref), ("ours", ours))
+        for name, step in order:
+            times[name].append(step())
+    return times["ours"], times["ref"]
+
+
+def check_losses(
+    name: str, cfg: ModelConfig, state: dict[str, Tensor], pixels: Tensor, blocks: Tensor,
+    precisions: list[str], device: torch.device,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Loss of one batch, same directions, dropout off, for both models at each precision."""
+    check = dataclasses.replace(cfg, pred_dropout=0.0)
+    ours, ref = LeWM(check).to(device), RefLeWM(check).to(device)
+    ours.load_state_dict(state)
+    ref.load_state_dict(to_official(state, cfg.enc_depth))
+    losses: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for precision in sorted(set(precisions) | {"fp32"}):
+            with autocast(precision, device):
+                g = torch.Generator().manual_seed(2)
+                lewm_loss = ours.loss(pixels, blocks, g)["loss"].item()
+                ref_loss = ref.loss(pixels, blocks, torch.Generator().manual_seed(2)).item()
+            losses[precision] = {"lewm": lewm_loss, "reference": ref_loss}
+    anchor = losses["fp32"]["reference"]
+    for precision, pair in losses.items():
+        for side, loss in pair.items():
+            if abs(loss - anchor) > LOSS_RTOL[precision] * abs(anchor):
+                raise SystemExit(
+                    f"{name} {side} {precision}: loss {loss:.6f} differs from the float32 "
+                    f"reference's {anchor:.6f} by more than {LOSS_RTOL[precision]:.0e} relative"
+                )
+    return losses
+
+
 def bench_preset(
-    name: str, batch: int, precisions: list[str], steps: int, device: torch.device
+    name: str, batch: int, precisions: list[str], steps: int, warmup: int, device: torch.device
 ) -> list[dict]:
     cfg = preset(name).model
     torch.manual_seed(0)
@@ -250,75 +344,83 @@ def bench_preset(
         for p in ours.parameters():
             if not p.any():
                 p.normal_(0.0, 0.02)
+    state = ours.state_dict()
     ref = RefLeWM(cfg).to(device).train()
-    ref.load_state_dict(ours.state_dict())
+    ref.load_state_dict(to_official(state, cfg.enc_depth))
     gen = torch.Generator().manual_seed(1)
     s = cfg.image_size
     pixels = torch.randint(0, 256, (batch, cfg.num_steps, 3, s, s), generator=gen,
-                           dtype=torch.uint8).to(device)
+                           dtype=torch.uint8).to(device)  # fmt: skip
     blocks = torch.randn(batch, cfg.num_steps, cfg.block_dim, generator=gen).to(device)
-
-    # Same loss on the same batch and directions, dropout off (its masks are random).
-    check = dataclasses.replace(cfg, pred_dropout=0.0)
-    ours_check, ref_check = LeWM(check).to(device), RefLeWM(check).to(device)
-    ours_check.load_state_dict(ours.state_dict())
-    ref_check.load_state_dict(ours.state_dict())
-    with torch.no_grad():
-        ref_loss = ref_check.loss(pixels, blocks, torch.Generator().manual_seed(2)).item()
-
-    def run_ref(g: torch.Generator) -> Tensor:
-        return ref.loss(pixels, blocks, g)
-
-    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-4)
-    ref_seconds = median_seconds(train_step(run_ref, ref, ref_opt), steps, device)
+    losses = check_losses(name, cfg, state, pixels, blocks, precisions, device)
     frames = batch * cfg.num_steps
-    rows = [_row(name, "reference fp32", batch, frames, ref_seconds, ref_seconds, ref_loss,
-                 ref_loss, device)]
+
+    rows = []
     for precision in precisions:
-        model = copy.deepcopy(ours)
-        with torch.no_grad(), autocast(precision, device):
-            loss = ours_check.loss(pixels, blocks, torch.Generator().manual_seed(2))["loss"].item()
-        if abs(loss - ref_loss) > LOSS_RTOL[precision] * abs(ref_loss):
-            raise SystemExit(
-                f"{name} {precision}: loss {loss:.6f} differs from the reference's "
-                f"{ref_loss:.6f} by more than {LOSS_RTOL[precision]:.0e} relative"
-            )
+        model_a, model_b = copy.deepcopy(ours), copy.deepcopy(ref)
 
-        def run_ours(g: torch.Generator, model: LeWM = model, precision: str = precision) -> Tensor:
-            with autocast(precision, device):
-                return model.loss(pixels, blocks, g)["loss"]
+        def run_ours(g: torch.Generator, m: LeWM = model_a, p: str = precision) -> Tensor:
+            with autocast(p, device):
+                return m.loss(pixels, blocks, g)["loss"]
 
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        seconds = median_seconds(train_step(run_ours, model, opt), steps, device)
-        rows.append(_row(name, f"lewm {precision}", batch, frames, seconds, ref_seconds, loss,
-                         ref_loss, device))
+        def run_ref(g: torch.Generator, m: RefLeWM = model_b, p: str = precision) -> Tensor:
+            with autocast(p, device):
+                return m.loss(pixels, blocks, g)
+
+        t_ours, t_ref = interleaved(
+            train_step(run_ours, model_a, device), train_step(run_ref, model_b, device),
+            steps, warmup,
+        )  # fmt: skip
+        rows.append(_row(name, precision, batch, frames, t_ours, t_ref, losses, device))
+        del model_a, model_b
     return rows
 
 
-def _row(name: str, impl: str, batch: int, frames: int, seconds: float, ref_seconds: float,
-         loss: float, ref_loss: float, device: torch.device) -> dict:
-    row = {"preset": name, "implementation": impl, "batch": batch, "frames_per_step": frames,
-           "seconds_per_step": seconds, "frames_per_second": frames / seconds,
-           "speedup_vs_reference": ref_seconds / seconds, "loss": loss,
-           "loss_rel_diff_vs_reference": abs(loss - ref_loss) / abs(ref_loss),
-           "device": str(device), "threads": torch.get_num_threads()}
-    print(f"{name:6s} {impl:15s} batch {batch:4d} x {frames // batch} frames: "
-          f"{seconds:.3f} s/step, {frames / seconds:8.1f} frames/s, "
-          f"x{row['speedup_vs_reference']:.2f} vs reference, loss {loss:.5f} "
-          f"(rel diff {row['loss_rel_diff_vs_reference']:.1e})")
+def _row(name: str, precision: str, batch: int, frames: int, t_ours: list[float],
+         t_ref: list[float], losses: dict[str, dict[str, float]], device: torch.device) -> dict:
+    import transformers
+
+    ours, ref = statistics.median(t_ours), statistics.median(t_ref)
+    row = {
+        "preset": name, "precision": precision, "batch": batch, "frames_per_step": frames,
+        "threads": torch.get_num_threads(), "device": str(device),
+        "lewm_seconds_per_step": ours, "reference_seconds_per_step": ref,
+        "lewm_frames_per_second": frames / ours, "reference_frames_per_second": frames / ref,
+        "speedup_lewm_vs_reference": ref / ours,
+        "speedup_paired_median": statistics.median(
+            r / o for o, r in zip(t_ours, t_ref, strict=True)
+        ),
+        "lewm_step_seconds": t_ours, "reference_step_seconds": t_ref,
+        "lewm_loss": losses[precision]["lewm"], "reference_loss": losses[precision]["reference"],
+        "reference": REFERENCE, "optimizer": f"AdamW lr {LR} wd {WEIGHT_DECAY}, clip {CLIP}",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }  # fmt: skip
+    print(f"{name:6s} {precision:5s} batch {batch:3d} x {frames // batch} frames, "
+          f"{row['threads']} thread(s): lewm {ours:.3f} s/step ({frames / ours:7.1f} frames/s), "
+          f"reference {ref:.3f} s/step ({frames / ref:7.1f} frames/s): "
+          f"x{row['speedup_lewm_vs_reference']:.2f} (paired x{row['speedup_paired_median']:.2f})",
+          flush=True)  # fmt: skip
     return row
 
 
 def main() -> None:
     parser = preset_parser(__doc__, "train_speed")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
-                        choices=sorted(LOSS_RTOL))
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"],
+                        choices=sorted(LOSS_RTOL))  # fmt: skip
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="clips per step (default: tiny 64, paper 8)")  # fmt: skip
     args = parser.parse_args()
+    require_transformers()
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     rows = []
     for name in args.presets:
-        rows += bench_preset(name, DEFAULT_BATCH.get(name, 16), args.precision, args.steps, device)
+        batch = args.batch or DEFAULT_BATCH.get(name, 16)
+        rows += bench_preset(name, batch, args.precision, args.steps, args.warmup, device)
     write_rows(rows, args.out)
 
 

@@ -33,6 +33,23 @@ SMALL_MODEL = [
     "train.precision=32-true",
 ]
 
+# The DINO-WM-style model at the same scale: a micro DINOv2 (pretrained grid 4) seeing
+# 28 px frames, 2x2 patches.
+SMALL_DINOWM = [
+    "model.kind=dinowm",
+    "model.enc_dim=32",
+    "model.enc_depth=1",
+    "model.enc_heads=2",
+    "model.enc_mlp=64",
+    "model.enc_pretrain_size=56",
+    "model.encoder_size=28",
+    "model.pred_depth=1",
+    "model.pred_heads=2",
+    "model.pred_dim_head=16",
+    "model.pred_mlp=64",
+    *[o for o in SMALL_MODEL if o.startswith("train.")],
+]
+
 
 @pytest.fixture(scope="session")
 def tworoom_file(tmp_path_factory: pytest.TempPathFactory) -> Path:

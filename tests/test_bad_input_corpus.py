@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_MODEL
+from conftest import SMALL_DINOWM, SMALL_MODEL
 from hostile import (
     FifoWatchdog,
     ShellPayload,
@@ -463,6 +463,11 @@ BAD_RUNS = [
            ("enc_heads",), EVERY),
     BadRun("config_unknown_field", _edit_json("config.json", _set("model", "wings", 2)),
            ("wings",), EVERY),
+    BadRun("config_kind_nosuch", _edit_json("config.json", _set("model", "kind", "nosuch")),
+           ("model.kind", "nosuch"), EVERY),
+    BadRun("config_kind_pldm_with_lewm_weights",
+           _edit_json("config.json", _set("model", "kind", "pldm")), ("model.safetensors",),
+           READERS),
     BadRun("config_env_nosuch", _edit_json("config.json", _set(None, "env", "nosuch")),
            ("nosuch",), ("eval", "surprise")),  # the commands that build the environment
     BadRun("config_huge_width", _edit_json("config.json", _set("model", "enc_dim", 100_000_000)),
@@ -626,6 +631,11 @@ def _train(ws: Workspace, folder: Path, *extra: str) -> list[str]:
             "--no-progress", "--max-steps", "2", *SMALL_MODEL, *extra]
 
 
+def _train_dinowm(ws: Workspace, folder: Path) -> list[str]:
+    return ["train", "--data", str(ws.data), "--out", str(folder / "newrun"), "--device", "cpu",
+            "--no-progress", "--max-steps", "2", *SMALL_DINOWM]
+
+
 def _eval(ws: Workspace, folder: Path, *extra: str) -> list[str]:
     return ["eval", str(_copy_run(ws, folder)), "--data", str(ws.data), *FAST_EVAL, *extra]
 
@@ -696,6 +706,17 @@ CLI_CASES = [
     _cli("train-unknown-override", lambda w, f: _train(w, f, "train.nosuch=1"), ("nosuch",)),
     _cli("train-override-without-value", lambda w, f: _train(w, f, "train.lr"), ("train.lr",)),
     _cli("train-unknown-preset", lambda w, f: [*_train(w, f), "--preset", "huge"], ("huge",)),
+    _cli("train-unknown-kind", lambda w, f: [*_train(w, f), "model.kind=nosuch"],
+         ("model.kind", "nosuch", "dinowm, lewm, pldm")),
+    _cli("train-pldm-field-on-lewm", lambda w, f: [*_train(w, f), "model.std_coeff=2"],
+         ("std_coeff",)),
+    _cli("train-encoder-weights-missing", lambda w, f: [
+        *_train_dinowm(w, f), f"model.encoder_weights={f / 'nope.pth'}"],
+         ("nope.pth", "no such file")),
+    _cli("train-encoder-weights-garbage", lambda w, f: [
+        *_train_dinowm(w, f), f"model.encoder_weights={_existing(w, f)}"], ("x.h5",)),
+    _cli("compare-not-a-run", lambda w, f: ["compare", str(w.data.parent), "--out",
+                                            str(f / "cmp")], ("config.json",)),
     _cli("train-device-tpu", lambda w, f: [*_train(w, f), "--device", "tpu"], ("tpu",)),
     _cli("train-env-contradicts-file", lambda w, f: _train(w, f, "env=pusht"),
          ("pusht", "tworoom")),

@@ -99,6 +99,7 @@ def test_mujoco_env_collect_train_evaluate(tmp_path, short_episodes, env, episod
 
     from lewm.config import EvalConfig, resolve
     from lewm.plan.evaluate import evaluate_run
+    from lewm.report.gif import write_episode_gif
     from lewm.train.fit import train
 
     short_episodes(env, steps)
@@ -108,7 +109,7 @@ def test_mujoco_env_collect_train_evaluate(tmp_path, short_episodes, env, episod
     train(data, tmp_path / "run", cfg, device="cpu", progress=False)
     eval_cfg = EvalConfig(episodes=2, budget=5, gifs=1, batch=2)
     result, path = evaluate_run(tmp_path / "run", eval_cfg=eval_cfg, solver="random",
-                                progress=False)
+                                progress=False, media=write_episode_gif)
     assert len(result.episodes) == 2 and 0.0 <= result.success_rate <= 1.0
     assert all(o.steps <= 5 for o in result.episodes)
     assert list(path.parent.glob("episode_000_*.gif"))

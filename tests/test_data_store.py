@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -10,7 +13,14 @@ import h5py
 import numpy as np
 import pytest
 
-from lewm.data import DataFileError, EpisodeStore, EpisodeWriter
+from lewm.data import (
+    DataFileError,
+    EpisodeStore,
+    EpisodeWriter,
+    ShardedEpisodeStore,
+    open_store,
+    shard_path,
+)
 
 SIZE = 8
 
@@ -254,6 +264,49 @@ def test_pickled_store_reads(tmp_path):
         assert not copy.read("action", slice(0, 2)).flags.writeable
         copy.close()
         store.close()
+
+
+def test_open_store_picks_sharded_or_plain(tmp_path):
+    single = write_file(tmp_path / "one.h5")
+    dataset = tmp_path / "data.h5"
+    for i in range(2):
+        write_file(shard_path(dataset, i, 2))
+    with open_store(single) as plain, open_store(dataset, cache="none") as sharded:
+        assert type(plain) is EpisodeStore
+        assert type(sharded) is ShardedEpisodeStore
+        assert sharded.num_episodes == 2 * len(EPISODE_STEPS) and not sharded.cached
+    with pytest.raises(DataFileError, match="absent.h5: no such file"):
+        open_store(tmp_path / "absent.h5")
+    # EpisodeStore itself reads one file: a sharded dataset goes through open_store.
+    with pytest.raises(DataFileError, match="data.h5: no such file"):
+        EpisodeStore(dataset)
+
+
+def test_store_module_does_not_import_shards(tmp_path):
+    """shards.py builds on store.py; store.py must work without it, at import and at use
+    (open, read, pickle), or the two modules are a circle again."""
+    path = write_file(tmp_path / "toy.h5")
+    code = textwrap.dedent(f"""
+        import importlib.util, pickle, sys, types
+        # lewm/data/__init__.py imports every data module; stand in for it with a bare
+        # package so that only what store.py itself imports gets imported.
+        package = types.ModuleType("lewm.data")
+        package.__path__ = list(importlib.util.find_spec("lewm.data").submodule_search_locations)
+        sys.modules["lewm.data"] = package
+        from lewm.data.store import EpisodeStore
+        with EpisodeStore({str(path)!r}, cache="none") as store:
+            copy = pickle.loads(pickle.dumps(store))
+            copy.read("pixels", slice(0, 2))
+            copy.close()
+        try:  # a missing path is where the store once looked for shards
+            EpisodeStore({str(tmp_path / "absent.h5")!r})
+        except ValueError:
+            pass
+        imported = sorted(m for m in sys.modules if m.startswith("lewm."))
+        assert "lewm.data.shards" not in sys.modules, imported
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_bad_cache_mode(tmp_path):

@@ -1,8 +1,22 @@
+import json
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from PIL import Image
 
+from lewm.config import EvalConfig
 from lewm.data import EpisodeStore, EpisodeWriter
-from lewm.plan.evaluate import RandomActor, episode_seed, sample_start_rows, split_for_eval
+from lewm.plan.evaluate import (
+    RandomActor,
+    episode_seed,
+    evaluate_run,
+    sample_start_rows,
+    split_for_eval,
+)
+from lewm.report.gif import write_episode_gif
 
 
 @pytest.fixture()
@@ -62,3 +76,57 @@ def test_random_actor_stays_in_the_action_box_and_ignores_batching():
 def test_episode_seeds_differ_by_episode_and_seed():
     assert episode_seed(0, 1) == episode_seed(0, 1)
     assert len({episode_seed(0, 1), episode_seed(0, 2), episode_seed(1, 1)}) == 3
+
+
+def test_plan_evaluate_does_not_import_report():
+    """Planning computes frames; report/ writes them (DESIGN.md: plan/ never imports report/)."""
+    code = (
+        "import sys, lewm.plan.evaluate\n"
+        "found = sorted(m for m in sys.modules if m.split('.')[:2] == ['lewm', 'report'])\n"
+        "assert not found, found\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_evaluation_writes_gifs_through_the_report_writer(tmp_path, small_run, tworoom_file):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    cfg = EvalConfig(episodes=3, budget=5, gifs=2, batch=2, split="all")
+    handed: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
+
+    def media(folder, stem, frames, goal):
+        handed[stem] = (frames, goal)
+        return write_episode_gif(folder, stem, frames, goal)
+
+    result, path = evaluate_run(run, tworoom_file, cfg, solver="random", device="cpu",
+                                name="g", progress=False, media=media)
+    stems = {f"episode_{e.index:03d}_{'ok' if e.success else 'fail'}": e
+             for e in result.episodes if e.index < cfg.gifs}
+    assert set(handed) == set(stems) and len(stems) == 2 and len(result.episodes) == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        ["result.json", *(f"{stem}.gif" for stem in stems)]
+    )
+    assert json.loads(path.read_text())["settings"]["eval"]["gifs"] == 2
+    with EpisodeStore(tworoom_file) as store:
+        for stem, outcome in stems.items():
+            frames, goal = handed[stem]
+            # One frame per step after the start: each a frame of its own, not the last one.
+            assert len(frames) == outcome.steps + 1
+            np.testing.assert_array_equal(frames[0], store.read("pixels", outcome.start_row))
+            goal_row = outcome.start_row + cfg.goal_offset
+            np.testing.assert_array_equal(goal, store.read("pixels", goal_row))
+            with Image.open(path.parent / f"{stem}.gif") as gif:
+                # Real frame | goal, side by side, enlarged to 256 px high.
+                assert gif.size == ((2 * store.image_size + 2) * 4, 256)
+
+
+def test_evaluation_without_a_writer_writes_only_its_result(tmp_path, small_run, tworoom_file):
+    """No media writer: no GIFs, and the result says so rather than promising eval.gifs."""
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    cfg = EvalConfig(episodes=2, budget=3, gifs=2, batch=2, split="all")
+    _, path = evaluate_run(run, tworoom_file, cfg, solver="random", device="cpu", name="n",
+                           progress=False)
+    assert [p.name for p in path.parent.iterdir()] == ["result.json"]
+    assert json.loads(path.read_text())["settings"]["eval"]["gifs"] == 0

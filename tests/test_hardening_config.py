@@ -144,7 +144,7 @@ def test_parameter_count_is_known_without_building_the_model(name: str) -> None:
 
 
 def test_a_model_too_big_for_this_machine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lewm.config.physical_memory", lambda: 2**30)
+    monkeypatch.setattr("lewm.config_checks.physical_memory", lambda: 2**30)
     preset("tiny").validate()  # 2.4M parameters: 38 MB to train
     with pytest.raises(ConfigError, match=r"^model\.pred_mlp=200000: expected a smaller.*GiB"):
         resolve("tiny", ["model.pred_mlp=200000"])

@@ -45,6 +45,7 @@ def test_paper_preset_has_the_released_parameter_counts() -> None:
         "predictor": 10_791_360,
         "pred_proj": 792_768,
         "total": 18_034_478,
+        "trainable": 18_034_478,
     }
 
 

@@ -9,7 +9,6 @@ from test_model import reference_rollout, small_model, wake_adaln
 
 from lewm.config import preset
 from lewm.model import LeWM
-from lewm.plan.mpc import goal_cost
 from lewm.plan.solvers import CEM
 
 
@@ -58,7 +57,7 @@ def test_cem_plans_the_same_through_the_cached_and_the_naive_rollout():
 
     def cost_with(rollout):
         def cost(candidates: torch.Tensor) -> torch.Tensor:
-            return goal_cost(
+            return model.planning_cost(
                 rollout(model, z0.expand(candidates.shape[1], -1, -1), candidates[0]), z_goal
             )[None]
 

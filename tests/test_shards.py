@@ -18,6 +18,7 @@ from lewm.data import (
     Normalizer,
     ShardedEpisodeStore,
     collect,
+    open_store,
 )
 
 EPISODES, SHARDS, SEED, RESOLUTION = 7, 3, 3, 16
@@ -67,7 +68,7 @@ def test_shard_files_and_attributes(sharded):
     assert not sharded.exists()
     for i, (first, stop) in enumerate(BLOCKS):
         # A shard's own path opens just that shard, a valid file by itself.
-        with EpisodeStore(sharded.parent / names[i]) as shard:
+        with open_store(sharded.parent / names[i]) as shard:
             assert type(shard) is EpisodeStore
             assert shard.num_episodes == stop - first
             assert shard.attrs["shard_index"] == i
@@ -79,7 +80,7 @@ def test_shard_files_and_attributes(sharded):
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_shards_read_as_the_whole_collection(whole, sharded, cache):
-    with EpisodeStore(whole, cache=cache) as one, EpisodeStore(sharded, cache=cache) as many:
+    with EpisodeStore(whole, cache=cache) as one, open_store(sharded, cache=cache) as many:
         assert isinstance(many, ShardedEpisodeStore)
         assert many.cached == one.cached == (cache == "auto")
         for name in (
@@ -107,7 +108,7 @@ def test_shards_read_as_the_whole_collection(whole, sharded, cache):
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_rows_across_shards(whole, sharded, cache):
-    with EpisodeStore(whole, cache=cache) as one, EpisodeStore(sharded, cache=cache) as many:
+    with EpisodeStore(whole, cache=cache) as one, open_store(sharded, cache=cache) as many:
         boundary = int(one.ep_offset[BLOCKS[1][0]])
         rng = np.random.default_rng(0)
         selections = [
@@ -135,14 +136,14 @@ def test_rows_across_shards(whole, sharded, cache):
 def test_missing_shard(copy):
     (copy / "data-00001-of-00003.h5").unlink()
     with pytest.raises(DataFileError, match=r"data-00001-of-00003\.h5 is missing") as err:
-        EpisodeStore(copy / "data.h5")
+        open_store(copy / "data.h5")
     assert str(err.value).startswith(str(copy / "data.h5"))
 
 
 def test_shards_of_different_counts(copy):
     shutil.copy(copy / "data-00000-of-00003.h5", copy / "data-00000-of-00002.h5")
     with pytest.raises(DataFileError, match="different shard counts.*00002.*00003"):
-        EpisodeStore(copy / "data.h5")
+        open_store(copy / "data.h5")
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_mismatched_shard(copy, tmp_path_factory, change, message):
     collect_shards(other, **{"seed": SEED, "resolution": RESOLUTION, **change}, shards=[1])
     shutil.copy(other / "data-00001-of-00003.h5", copy / "data-00001-of-00003.h5")
     with pytest.raises(DataFileError, match=message):
-        EpisodeStore(copy / "data.h5")
+        open_store(copy / "data.h5")
 
 
 def test_shards_out_of_order(copy):
@@ -169,7 +170,7 @@ def test_shards_out_of_order(copy):
     second.rename(first)
     (copy / "tmp.h5").rename(second)
     with pytest.raises(DataFileError, match="00000-of-00003.h5: holds the episodes from 2 on"):
-        EpisodeStore(copy / "data.h5")
+        open_store(copy / "data.h5")
 
 
 def test_shard_workers_and_progress(tmp_path, capsys):
@@ -241,7 +242,7 @@ def test_cli_writes_a_shard(tmp_path):
 
 
 def test_clips_over_shards(whole, sharded):
-    with EpisodeStore(whole) as one, EpisodeStore(sharded, cache="none") as many:
+    with EpisodeStore(whole) as one, open_store(sharded, cache="none") as many:
         norm = Normalizer.fit(one)
         np.testing.assert_array_equal(Normalizer.fit(many).mean["action"], norm.mean["action"])
         episodes = np.arange(EPISODES)
@@ -255,7 +256,7 @@ def test_clips_over_shards(whole, sharded):
 
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_pickled_sharded_store(whole, sharded, cache):
-    with EpisodeStore(whole) as one, EpisodeStore(sharded, cache=cache) as many:
+    with EpisodeStore(whole) as one, open_store(sharded, cache=cache) as many:
         many.read("pixels", np.arange(3))  # opens handles, which pickle must leave behind
         copied = pickle.loads(pickle.dumps(many))
     with copied:

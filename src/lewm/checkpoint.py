@@ -21,7 +21,8 @@ from lewm.config import RunConfig
 from lewm.data.normalize import Normalizer
 from lewm.envs import UnknownEnvError, get_env_spec
 from lewm.io import atomic_path
-from lewm.model import LeWM
+from lewm.model.protocol import WorldModel
+from lewm.registry import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -64,7 +65,7 @@ def load_tensors_only(
 
 @dataclass
 class Checkpoint:
-    model: LeWM
+    model: WorldModel
     config: RunConfig
     normalizer: Normalizer
 
@@ -79,7 +80,9 @@ def first_nonfinite(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
-def save_checkpoint(run_dir: str | Path, model: LeWM, cfg: RunConfig, norm: Normalizer) -> None:
+def save_checkpoint(
+    run_dir: str | Path, model: torch.nn.Module, cfg: RunConfig, norm: Normalizer
+) -> None:
     """Write the three files of a checkpoint; non-finite weights are refused, so a diverged
     training cannot export."""
     run_dir = Path(run_dir)
@@ -92,7 +95,8 @@ def save_checkpoint(run_dir: str | Path, model: LeWM, cfg: RunConfig, norm: Norm
         )
     with atomic_path(run_dir / WEIGHTS) as tmp:
         mode = tmp.stat().st_mode
-        save_file(state, str(tmp), metadata={"format": "lewm", "preset": cfg.preset})
+        metadata = {"format": "lewm", "kind": cfg.model.kind, "preset": cfg.preset}
+        save_file(state, str(tmp), metadata=metadata)
         # safetensors replaces the file with an owner-only one; keep the usual permissions.
         tmp.chmod(mode)
     cfg.save(run_dir / CONFIG)
@@ -126,7 +130,7 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         raise CheckpointError(
             f"{run_dir / WEIGHTS}: not a readable safetensors file ({exc})"
         ) from None
-    model = LeWM(cfg.model)
+    model = build_model(cfg.model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

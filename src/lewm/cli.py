@@ -157,7 +157,10 @@ def train(
         return  # under DDP every process returns the summary; one table is enough
     before = summary["heldout_before_bn_recalibration"]
     after = summary["heldout_after_bn_recalibration"]
-    table = Table(title=f"trained {out} ({summary['steps']} steps)")
+    model = summary["model"]["kind"] + (
+        f" ({summary['model']['note']})" if summary["model"]["note"] else ""
+    )
+    table = Table(title=f"trained {out}: {model}, {summary['steps']} steps")
     table.add_column("held-out 1-step MSE (eval mode)")
     table.add_column("model", justify="right")
     table.add_column("copy last embedding", justify="right")
@@ -166,7 +169,12 @@ def train(
     table.add_row("after BN re-estimation", f"{after['pred_mse']:.4f}",
                   f"{after['copy_last_mse']:.4f}")
     console.print(table)
-    console.print(f"training throughput: {summary['frames_per_second']:.0f} frames/s")
+    console.print(
+        f"held-out embeddings: std {after['emb_std']:.3g}, {after['emb_active_dims']} of "
+        f"{after['emb_dim']} directions with std >= 0.1, effective rank {after['emb_rank']:.1f}"
+    )
+    if summary["frames_per_second"]:
+        console.print(f"training throughput: {summary['frames_per_second']:.0f} frames/s")
 
 
 @app.command(name="eval")
@@ -195,12 +203,14 @@ def evaluate(
     """Goal-reaching evaluation (PROTOCOL.md): success rate and seconds per plan."""
     from lewm.config import EvalConfig
     from lewm.plan.evaluate import evaluate_run
+    from lewm.report.gif import write_episode_gif
 
     def go() -> Any:
         if episodes < 1:
             raise ValueError(f"--episodes must be >= 1, got {episodes}")
         eval_cfg = dataclasses.replace(EvalConfig(), episodes=episodes, split=split, batch=batch)
-        return evaluate_run(run, data, eval_cfg, overrides, solver, seed, device, name, progress)
+        return evaluate_run(run, data, eval_cfg, overrides, solver, seed, device, name, progress,
+                            media=write_episode_gif)
 
     result, path = _guarded(go)
     print_eval(result.to_dict(), path)
@@ -208,7 +218,11 @@ def evaluate(
 
 def print_eval(result: dict[str, Any], path: Path) -> None:
     s = result["settings"]
-    table = Table(title=f"{s['env']}: {s['solver']} on {len(result['episodes'])} episodes")
+    kind = s.get("model") or {"kind": "lewm", "note": ""}  # results from before kinds
+    model = kind["kind"] + (f" ({kind['note']})" if kind["note"] else "")
+    table = Table(
+        title=f"{s['env']}: {model}, {s['solver']} on {len(result['episodes'])} episodes"
+    )
     table.add_column("success rate", justify="right")
     table.add_column("s per plan call (mean / median)", justify="right")
     table.add_column("envs per call", justify="right")
@@ -245,13 +259,13 @@ def params(
     overrides: Overrides = None,
     preset: Preset = "paper",
 ) -> None:
-    """Print the per-module parameter counts of a preset's model."""
+    """Print the per-module parameter counts of a preset's model (any model.kind)."""
     from lewm.config import resolve
-    from lewm.model import LeWM
+    from lewm.registry import build_model
 
     cfg = _guarded(lambda: resolve(preset, overrides))
-    counts = LeWM(cfg.model).param_counts()
-    table = Table(title=f"LeWM parameters, preset {preset!r}")
+    counts = build_model(cfg.model).param_counts()
+    table = Table(title=f"{cfg.model.kind} parameters, preset {preset!r}")
     table.add_column("module")
     table.add_column("parameters", justify="right")
     for module, count in counts.items():
@@ -287,9 +301,9 @@ def demo(
 
 def _register_extensions() -> None:
     """Commands that live beside their subject (analysis, interop) add themselves here."""
-    from lewm import cli_analysis, cli_interop
+    from lewm import cli_analysis, cli_compare, cli_interop
 
-    for module in (cli_analysis, cli_interop):
+    for module in (cli_analysis, cli_interop, cli_compare):
         module.register(app, console, _guarded)
 
 

@@ -37,12 +37,12 @@ def _checkpoint(run: Path, device: str) -> Any:
 
 
 def _store(ckpt: Any, data: Path | None) -> Any:
-    from lewm.data import EpisodeStore
+    from lewm.data import open_store
 
     path = data or ckpt.config.data.path
     if not path:
         raise ValueError("the run's config names no data file; pass --data FILE.h5")
-    return EpisodeStore(path, cache="none")
+    return open_store(path, cache="none")
 
 
 def _write(run: Path, name: str, result: dict) -> Path:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import sys
 import types
 import typing
@@ -17,209 +15,79 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lewm.baselines.dinowm_config import DinoWMConfig
+from lewm.baselines.pldm_config import PLDMConfig
+from lewm.config_checks import (
+    ConfigError,
+    at_least,
+    field_types,
+    finite,
+    require,
+    show,
+)
 from lewm.io import atomic_write_text, read_json_object
+from lewm.model.config import ModelConfig
 
-# Width the action encoder first squeezes a block into (the released model's "smoothed" dim);
-# here rather than in model/heads.py so that a config can count its parameters.
-ACTION_SMOOTHED_DIM = 10
+__all__ = [
+    "MODEL_CONFIGS",
+    "ConfigError",
+    "DataConfig",
+    "DinoWMConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "PLDMConfig",
+    "PlanConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "preset",
+    "resolve",
+]
+
 # Lightning's seed range (seed_everything refuses anything outside it).
 SEED_MAX = 2**32 - 1
-# The largest image side a model may take: every activation and the position embedding grow
-# with its square, and no LeWM environment renders more than a few hundred pixels.
-MAX_IMAGE_SIZE = 1024
-# SIGReg's (time, batch, projections, knots) tensor grows with both; these are far above
-# the paper's 1024 x 17 and still keep one step's sketch within memory.
-MAX_SIGREG_PROJECTIONS = 65536
-MAX_SIGREG_KNOTS = 1024
-# Training holds weights, gradients and Adam's two moments, four float32 copies: a model
-# whose weights alone take more than physical memory / TRAINING_COPIES cannot train here.
-TRAINING_COPIES = 4
 # The training precisions lewm supports, as Lightning names them: float32, and float32
 # weights under bf16 or fp16 autocast (SIGReg always runs in float32).
 TRAIN_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # The solvers that keep elites (cf. PlanConfig); the others ignore plan.elites.
 ELITE_SOLVERS = ("cem", "icem")
 
-
-class ConfigError(ValueError):
-    """A preset name, an override or a saved config that cannot be used.
-
-    ``field`` is the dotted path of the offending field when there is one, so a caller
-    that knows the field under another name (the official config) can say which.
-    """
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _show(value: Any) -> str:
-    """A value for a one-line message: its repr, cut short if a file holds a huge one."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+# Every world model's config, by ``model.kind``; each lives beside its model.
+MODEL_CONFIGS: dict[str, type] = {"lewm": ModelConfig, "pldm": PLDMConfig, "dinowm": DinoWMConfig}
+AnyModelConfig = ModelConfig | DinoWMConfig
+# Frame size, time axis and predictor mean the same in every kind, so these survive a
+# change of ``model.kind`` (a preset's small predictor stays small); LeWM and PLDM share
+# their whole network besides, but never a loss weight.
+KIND_INDEPENDENT = (
+    "image_size", "history", "num_preds", "action_dim", "frameskip", "pred_depth", "pred_heads",
+    "pred_dim_head", "pred_mlp", "pred_dropout",
+)  # fmt: skip
+LOSS_WEIGHTS = ("sigreg_lambda",)
 
 
-def _require(ok: bool, dotted: str, value: Any, expected: str) -> None:
-    """Refuse the field at ``dotted`` unless ``ok``, saying what was expected instead."""
-    if not ok:
-        raise ConfigError(f"{dotted}={_show(value)}: expected {expected}", field=dotted)
-
-
-def _at_least(section: str, obj: Any, low: int, *names: str) -> None:
-    """Each of ``names`` (integer fields of ``obj``) is ``low`` or more."""
-    for name in names:
-        value = getattr(obj, name)
-        _require(value >= low, f"{section}.{name}", value, f"an integer >= {low}")
-
-
-def _finite(section: str, obj: Any) -> None:
-    """Every float field of ``obj`` is finite: NaN passes every comparison check unnoticed
-    and inf turns the weights into NaN within a step."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if isinstance(value, float):
-            _require(math.isfinite(value), f"{section}.{f.name}", value, "a finite number")
-
-
-def _approx(count: int) -> str:
-    """A count to three digits, even one too large for a float."""
-    return f"{count:.3g}" if count < 10**300 else "more than 1e300"
-
-
-def physical_memory() -> int | None:
-    """Bytes of physical memory, or None where the system does not say (not POSIX)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-@dataclass
-class ModelConfig:
-    """The LeWM architecture (MODEL.md §2–5). Defaults are the released ``paper`` model."""
-
-    image_size: int = 224
-    patch_size: int = 14
-    enc_dim: int = 192
-    enc_depth: int = 12
-    enc_heads: int = 3
-    enc_mlp: int = 768
-    embed_dim: int = 192
-    proj_hidden: int = 2048
-    pred_depth: int = 6
-    pred_heads: int = 16
-    pred_dim_head: int = 64
-    pred_mlp: int = 2048
-    pred_dropout: float = 0.1
-    history: int = 3
-    num_preds: int = 1
-    action_dim: int = 2
-    frameskip: int = 5
-    action_hidden: int = 768
-    sigreg_lambda: float = 0.09
-    sigreg_projections: int = 1024
-    sigreg_knots: int = 17
-
-    @property
-    def block_dim(self) -> int:
-        """Width of one action block: ``frameskip`` raw actions concatenated."""
-        return self.frameskip * self.action_dim
-
-    @property
-    def num_steps(self) -> int:
-        """Frames per training clip: the predictor's context plus the frames it predicts."""
-        return self.history + self.num_preds
-
-    def num_parameters(self) -> int:
-        """The model's parameter count in closed form, so a config is sized before any tensor
-        exists (a width of 1e8 would otherwise allocate tens of GB before a shape is checked).
-        The tests pin it to ``LeWM(cfg).param_counts()``."""
-
-        def projector(in_dim: int, hidden: int, out_dim: int) -> int:
-            return in_dim * hidden + hidden + 2 * hidden + hidden * out_dim + out_dim
-
-        d, m, e = self.enc_dim, self.enc_mlp, self.embed_dim
-        tokens = 1 + (self.image_size // self.patch_size) ** 2
-        encoder = (
-            (3 * self.patch_size**2 * d + d)  # patch embedding
-            + (d + tokens * d)  # CLS token and position embedding
-            + self.enc_depth * (4 * d * d + 2 * d * m + 9 * d + m)  # blocks
-            + 2 * d  # final LayerNorm
-        )
-        inner, pm = self.pred_heads * self.pred_dim_head, self.pred_mlp
-        predictor = (
-            self.history * e  # position embedding
-            + self.pred_depth * (6 * e * e + 4 * e * inner + 2 * e * pm + pm + 12 * e)
-            + 2 * e  # final LayerNorm
-        )
-        h, s = self.action_hidden, ACTION_SMOOTHED_DIM
-        action_encoder = self.block_dim * s + s + s * h + h + h * e + e
-        return (
-            encoder
-            + projector(d, self.proj_hidden, e)
-            + action_encoder
-            + predictor
-            + projector(e, self.proj_hidden, e)
-        )
-
-    def validate(self, section: str = "model") -> None:
-        """Refuse sizes the model cannot be built with, or not on this machine, before any
-        tensor is allocated; ``section`` prefixes the field names in the message."""
-        _finite(section, self)
-        _at_least(
-            section, self, 1, "image_size", "patch_size", "enc_dim", "enc_depth", "enc_heads",
-            "enc_mlp", "embed_dim", "proj_hidden", "pred_depth", "pred_heads", "pred_dim_head",
-            "pred_mlp", "history", "num_preds", "action_dim", "frameskip", "action_hidden",
-            "sigreg_projections",
-        )  # fmt: skip
-        _require(
-            self.image_size <= MAX_IMAGE_SIZE, f"{section}.image_size", self.image_size,
-            f"at most {MAX_IMAGE_SIZE} pixels",
-        )  # fmt: skip
-        _require(
-            self.image_size % self.patch_size == 0, f"{section}.patch_size", self.patch_size,
-            f"a divisor of {section}.image_size={self.image_size}",
-        )  # fmt: skip
-        _require(
-            self.enc_dim % self.enc_heads == 0, f"{section}.enc_heads", self.enc_heads,
-            f"a divisor of {section}.enc_dim={self.enc_dim}",
-        )  # fmt: skip
-        _require(
-            0 <= self.pred_dropout < 1, f"{section}.pred_dropout", self.pred_dropout,
-            "a number in [0, 1)",
-        )  # fmt: skip
-        _require(
-            self.sigreg_lambda >= 0, f"{section}.sigreg_lambda", self.sigreg_lambda,
-            "a number >= 0",
-        )  # fmt: skip
-        _require(
-            self.sigreg_projections <= MAX_SIGREG_PROJECTIONS, f"{section}.sigreg_projections",
-            self.sigreg_projections, f"at most {MAX_SIGREG_PROJECTIONS}",
-        )  # fmt: skip
-        _require(
-            2 <= self.sigreg_knots <= MAX_SIGREG_KNOTS, f"{section}.sigreg_knots",
-            self.sigreg_knots, f"an integer in [2, {MAX_SIGREG_KNOTS}]",
-        )  # fmt: skip
-        self._check_memory(section)
-
-    def _check_memory(self, section: str) -> None:
-        """Refuse a model whose float32 weights take more than a TRAINING_COPIES-th of this
-        machine's memory, naming the size field whose growth made it so."""
-        memory = physical_memory()
-        count = self.num_parameters()
-        if memory is None or 4 * count * TRAINING_COPIES <= memory:
-            return
-        sizes = [name for name, tp in _field_types(type(self)).items() if tp is int]
-        culprit = max(
-            sizes, key=lambda n: count - dataclasses.replace(self, **{n: 1}).num_parameters()
-        )
+def model_config_class(kind: Any, where: str = "model.kind") -> type:
+    """The config class of a world-model kind; an unknown kind is refused with the list."""
+    if kind not in MODEL_CONFIGS:
         raise ConfigError(
-            f"{section}.{culprit}={_show(getattr(self, culprit))}: expected a smaller value; "
-            f"it makes a model of {_approx(count)} parameters "
-            f"({_approx(4 * count // 2**30)} GiB as float32), more than this machine's "
-            f"{memory // 2**30} GiB of memory can train (weights, gradients, optimiser state)",
-            field=f"{section}.{culprit}",
+            f"{where}={show(kind)}: unknown world-model kind; expected one of "
+            f"{', '.join(sorted(MODEL_CONFIGS))}",
+            field="model.kind",
         )
+    return MODEL_CONFIGS[kind]
+
+
+def switch_kind(model: AnyModelConfig, kind: str) -> AnyModelConfig:
+    """``model`` as a config of ``kind``: the new kind's defaults, keeping the fields that
+    mean the same in both (see KIND_INDEPENDENT)."""
+    cls = model_config_class(kind)
+    if type(model) is cls:
+        return model
+    names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(model)}
+    if isinstance(model, ModelConfig) and issubclass(cls, ModelConfig):
+        keep = names - {"kind", *LOSS_WEIGHTS}
+    else:
+        keep = names & set(KIND_INDEPENDENT)
+    return cls(**{name: getattr(model, name) for name in keep})
 
 
 @dataclass
@@ -231,12 +99,12 @@ class DataConfig:
 
     def validate(self, section: str = "data") -> None:
         """A validation split that exists and leaves training data (training needs both)."""
-        _finite(section, self)
-        _require(
+        finite(section, self)
+        require(
             0 < self.val_fraction < 1, f"{section}.val_fraction", self.val_fraction,
             "a fraction in (0, 1)",
         )  # fmt: skip
-        _at_least(section, self, 0, "num_workers")
+        at_least(section, self, 0, "num_workers")
 
 
 @dataclass
@@ -273,21 +141,21 @@ class TrainConfig:
     def validate(self, section: str = "train") -> None:
         """Refuse settings that would train without bound, not at all, or into NaN weights
         (``lr=inf`` does so within a step and still exits 0)."""
-        _finite(section, self)
-        _at_least(
+        finite(section, self)
+        at_least(
             section, self, 1, "max_steps", "batch_size", "log_every", "val_every",
             "val_batches", "ckpt_every", "bn_recalib_batches", "devices", "num_nodes",
         )  # fmt: skip
-        _at_least(section, self, 0, "max_nonfinite")
-        _require(self.lr > 0, f"{section}.lr", self.lr, "a number > 0")
+        at_least(section, self, 0, "max_nonfinite")
+        require(self.lr > 0, f"{section}.lr", self.lr, "a number > 0")
         for name in ("max_minutes", "weight_decay", "grad_clip"):
             value = getattr(self, name)
-            _require(value >= 0, f"{section}.{name}", value, "a number >= 0")
-        _require(
+            require(value >= 0, f"{section}.{name}", value, "a number >= 0")
+        require(
             0 <= self.warmup_fraction < 1, f"{section}.warmup_fraction", self.warmup_fraction,
             "a fraction in [0, 1)",
         )  # fmt: skip
-        _require(
+        require(
             self.precision in TRAIN_PRECISIONS, f"{section}.precision", self.precision,
             f"one of {', '.join(TRAIN_PRECISIONS)}",
         )  # fmt: skip
@@ -327,22 +195,22 @@ class PlanConfig:
     def validate(self, section: str = "plan") -> None:
         """Refuse searches that are empty, cannot rank (one elite has no spread) or grow
         without bound (an iCEM decay below 1 enlarges the population every iteration)."""
-        _finite(section, self)
-        _at_least(section, self, 1, "samples", "iterations", "horizon", "receding_horizon")
-        _require(
+        finite(section, self)
+        at_least(section, self, 1, "samples", "iterations", "horizon", "receding_horizon")
+        require(
             self.receding_horizon <= self.horizon, f"{section}.receding_horizon",
             self.receding_horizon, f"at most {section}.horizon={self.horizon}",
         )  # fmt: skip
         if self.solver in ELITE_SOLVERS:
-            _require(
+            require(
                 2 <= self.elites <= self.samples, f"{section}.elites", self.elites,
                 f"an integer in [2, {section}.samples={self.samples}] for {self.solver}",
             )  # fmt: skip
-        _require(self.icem_beta >= 0, f"{section}.icem_beta", self.icem_beta, "a number >= 0")
-        _require(self.icem_decay >= 1, f"{section}.icem_decay", self.icem_decay, "a number >= 1")
+        require(self.icem_beta >= 0, f"{section}.icem_beta", self.icem_beta, "a number >= 0")
+        require(self.icem_decay >= 1, f"{section}.icem_decay", self.icem_decay, "a number >= 1")
         for name in ("mppi_temperature", "grad_lr"):
             value = getattr(self, name)
-            _require(value > 0, f"{section}.{name}", value, "a number > 0")
+            require(value > 0, f"{section}.{name}", value, "a number > 0")
 
 
 @dataclass
@@ -357,8 +225,8 @@ class EvalConfig:
     def validate(self, section: str = "eval") -> None:
         """Refuse an evaluation of no episodes or steps, which would report a success rate
         of nothing."""
-        _at_least(section, self, 1, "episodes", "goal_offset", "budget", "batch")
-        _at_least(section, self, 0, "gifs")
+        at_least(section, self, 1, "episodes", "goal_offset", "budget", "batch")
+        at_least(section, self, 0, "gifs")
 
 
 @dataclass
@@ -369,7 +237,7 @@ class RunConfig:
     env: str = ""
     preset: str = "paper"
     seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: AnyModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -378,7 +246,7 @@ class RunConfig:
     def validate(self) -> None:
         """Every section's checks, plus the seed's range; ConfigError names the first bad
         field by its dotted path, its value and what was expected."""
-        _require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"an integer in [0, {SEED_MAX}]")
+        require(0 <= self.seed <= SEED_MAX, "seed", self.seed, f"an integer in [0, {SEED_MAX}]")
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -461,21 +329,19 @@ def preset(name: str) -> RunConfig:
         ) from None
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _leaf_paths(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
-    """Map every dotted field path (``model.patch_size``) to its tuple of names."""
+def _leaf_paths(obj: Any, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Map every dotted field path (``model.patch_size``) of the config ``obj`` to its tuple
+    of names; sections are read from the instance, whose model kind decides its fields."""
     paths: dict[str, tuple[str, ...]] = {}
-    for name, tp in _field_types(cls).items():
-        full = f"{prefix}{name}"
-        if dataclasses.is_dataclass(tp):
+    for f in dataclasses.fields(obj):
+        full = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
             paths.update(
-                {k: (name, *v) for k, v in _leaf_paths(tp, f"{full}.").items()}
+                {k: (f.name, *v) for k, v in _leaf_paths(value, f"{full}.").items()}
             )
         else:
-            paths[full] = (name,)
+            paths[full] = (f.name,)
     return paths
 
 
@@ -523,11 +389,16 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     The result is validated as a whole (:meth:`RunConfig.validate`), so no caller can go on
     with a value the typed text allowed but the run cannot use (``train.lr=inf``).
     """
-    paths = _leaf_paths(RunConfig)
+    kinds = [item for item in overrides if item.split("=", 1)[0].strip() in ("kind", "model.kind")]
+    for item in kinds:  # first, so that the other overrides see the new kind's fields
+        cfg.model = switch_kind(cfg.model, item.split("=", 1)[1].strip())
+    paths = _leaf_paths(cfg)
     by_leaf: dict[str, list[str]] = {}
     for dotted in paths:
         by_leaf.setdefault(dotted.rsplit(".", 1)[-1], []).append(dotted)
     for item in overrides:
+        if item in kinds:
+            continue
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-3")
         key, text = item.split("=", 1)
@@ -538,7 +409,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
                 hint = (
                     f"ambiguous, say one of {', '.join(matches)}"
                     if matches
-                    else "no such field; run `lewm config --preset tiny` to list them"
+                    else "no such field for this model.kind; run `lewm config --preset tiny` "
+                    "(with model.kind=...) to list them"
                 )
                 raise ConfigError(f"override {key!r}: {hint}")
             key = matches[0]
@@ -546,7 +418,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         names = paths[key]
         for name in names[:-1]:
             target = getattr(target, name)
-        leaf_type = _field_types(type(target))[names[-1]]
+        leaf_type = field_types(type(target))[names[-1]]
         setattr(target, names[-1], _coerce(text.strip(), leaf_type, key))
     cfg.validate()
     return cfg
@@ -575,7 +447,7 @@ def _typed(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: fields of type {tp} cannot be read from JSON")
     if not ok:
         expected = _TYPE_NAMES[tp] + (" or null" if nullable else "")
-        raise ConfigError(f"{where}: expected {expected}, found {_show(value)}", field=where)
+        raise ConfigError(f"{where}: expected {expected}, found {show(value)}", field=where)
     return value
 
 
@@ -585,7 +457,7 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "the config"
         raise ConfigError(f"{source}: {where}: expected an object of {cls.__name__} fields")
-    hints = _field_types(cls)
+    hints = field_types(cls)
     unknown = sorted(set(data) - set(hints))
     if unknown:
         names = ", ".join(f"{prefix}{name}" for name in unknown)
@@ -593,6 +465,10 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
+        if cls is RunConfig and name == "model":
+            # the kind picks the model's fields; configs from before kinds existed are LeWM's
+            kind = value.get("kind", "lewm") if isinstance(value, dict) else "lewm"
+            tp = model_config_class(kind, f"{source}: model.kind")
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, source, f"{prefix}{name}.")
         else:

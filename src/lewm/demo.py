@@ -15,6 +15,7 @@ from lewm.config import EvalConfig, resolve
 from lewm.data import collect
 from lewm.io import atomic_write_text
 from lewm.plan.evaluate import evaluate_run
+from lewm.report.gif import write_episode_gif
 from lewm.train.fit import train
 
 RESOLUTION = 64
@@ -59,7 +60,8 @@ def run_demo(
     for solver, eval_seed in (("cem", 42), ("cem", 43), ("random", 42), ("random", 43)):
         start = time.perf_counter()
         result, _ = evaluate_run(
-            run_dir, data, EvalConfig(episodes=eval_episodes), None, solver, eval_seed, device
+            run_dir, data, EvalConfig(episodes=eval_episodes), None, solver, eval_seed, device,
+            media=write_episode_gif,
         )
         key = f"{solver}_seed{eval_seed}"
         evals[key] = result.success_rate

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from lewm.checkpoint import Checkpoint
-from lewm.config import RunConfig
-from lewm.data import EpisodeStore, Normalizer, pixels_tensor, split_episodes
-from lewm.model import LeWM
+from lewm.data import EpisodeStore, Normalizer, pixels_tensor
+from lewm.data.clips import frame_rows
+from lewm.model.protocol import model_device
+from lewm.registry import build_model
 
 
 @dataclass
@@ -32,22 +33,6 @@ class EmbeddedEpisode:
     rows: np.ndarray
     z: Tensor
     blocks: Tensor
-
-
-def heldout_episodes(cfg: RunConfig, store: EpisodeStore) -> np.ndarray:
-    """The run's validation episodes: the ones its training never saw.
-
-    Reuses the training split (same fraction and seed), so analyses on the run's own data
-    file measure generalisation; a file with a single episode has no split and is used whole.
-    """
-    _, val = split_episodes(store.num_episodes, cfg.data.val_fraction, cfg.seed)
-    return val if val.size else np.arange(store.num_episodes)
-
-
-def frame_rows(store: EpisodeStore, episode: int, frameskip: int) -> np.ndarray:
-    """Global rows of an episode's frames taken every ``frameskip`` rows from its start."""
-    rows = store.episode_rows(episode)
-    return np.arange(rows.start, rows.stop, frameskip, dtype=np.int64)
 
 
 def action_blocks(
@@ -91,10 +76,13 @@ def embed_episodes(
     return out
 
 
-def random_model(ckpt: Checkpoint, seed: int) -> LeWM:
-    """A freshly initialised model of the checkpoint's architecture, in eval mode: the
-    "before training" reference for probes and straightness."""
+def random_model(ckpt: Checkpoint, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the checkpoint's kind and architecture, in eval mode:
+    the "before training" reference for probes and straightness. Frozen parts (DINO-WM's
+    encoder) are taken from the checkpoint, since training started from them."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LeWM(ckpt.config.model)
-    return model.to(ckpt.model.pixel_mean.device).eval()
+        model = build_model(ckpt.config.model)
+    frozen = {k: v for k, v in ckpt.model.named_parameters() if not v.requires_grad}
+    model.load_state_dict(frozen, strict=False)
+    return model.to(model_device(ckpt.model)).eval()

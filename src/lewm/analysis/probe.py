@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lewm.analysis.embed import embed_episodes, heldout_episodes, random_model
+from lewm.analysis.embed import embed_episodes, random_model
 from lewm.checkpoint import Checkpoint
 from lewm.data import EpisodeStore
+from lewm.data.clips import heldout_episodes
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lewm.analysis.embed import EmbeddedEpisode, embed_episodes, heldout_episodes
+from lewm.analysis.embed import EmbeddedEpisode, embed_episodes
 from lewm.checkpoint import Checkpoint
 from lewm.data import EpisodeStore
+from lewm.data.clips import heldout_episodes
 
 
 @torch.inference_mode()

@@ -3,7 +3,7 @@
 from lewm.data.clips import ClipDataset, clip_starts, pixels_tensor, split_episodes
 from lewm.data.collect import collect
 from lewm.data.normalize import Normalizer
-from lewm.data.shards import ShardedEpisodeStore, find_shards, shard_path
+from lewm.data.shards import ShardedEpisodeStore, find_shards, open_store, shard_path
 from lewm.data.store import DataFileError, EpisodeStore, EpisodeWriter
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "clip_starts",
     "collect",
     "find_shards",
+    "open_store",
     "pixels_tensor",
     "shard_path",
     "split_episodes",

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from lewm.data.normalize import Normalizer
 from lewm.data.store import EpisodeStore
+
+if TYPE_CHECKING:  # the run config only types a parameter here
+    from lewm.config import RunConfig
 
 
 def pixels_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -35,6 +40,22 @@ def split_episodes(
         num_val = min(max(round(val_fraction * num_episodes), 1), num_episodes - 1)
     order = np.random.default_rng(seed).permutation(num_episodes)
     return np.sort(order[num_val:]), np.sort(order[:num_val])
+
+
+def heldout_episodes(cfg: RunConfig, store: EpisodeStore) -> np.ndarray:
+    """The run's validation episodes: the ones its training never saw.
+
+    Reuses the training split (same fraction and seed), so analyses on the run's own data
+    file measure generalisation; a file with a single episode has no split and is used whole.
+    """
+    _, val = split_episodes(store.num_episodes, cfg.data.val_fraction, cfg.seed)
+    return val if val.size else np.arange(store.num_episodes)
+
+
+def frame_rows(store: EpisodeStore, episode: int, frameskip: int) -> np.ndarray:
+    """Global rows of an episode's frames taken every ``frameskip`` rows from its start."""
+    rows = store.episode_rows(episode)
+    return np.arange(rows.start, rows.stop, frameskip, dtype=np.int64)
 
 
 def clip_starts(

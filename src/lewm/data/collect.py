@@ -286,7 +286,7 @@ def collect(
 
     With ``shard=(i, n)`` only the i-th of n contiguous blocks of the episodes is recorded,
     into ``shard_path(out, i, n)`` (``data-0000i-of-0000n.h5``): n jobs of a cluster job
-    array write the n shards, and ``EpisodeStore(out)`` reads them as the whole collection.
+    array write the n shards, and ``open_store(out)`` reads them as the whole collection.
     Returns the path written.
 
     An existing ``out`` is replaced only with ``overwrite``, and only if it is a regular

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lewm.data.store import EpisodeStore
+from lewm.data.shards import open_store
 from lewm.envs import EnvSpec
 
 PREFIX = "replay:"
@@ -41,7 +41,7 @@ class ReplaySource:
     """Episodes of ``path`` as (start state, last state, actions) for ``spec``'s environment."""
 
     def __init__(self, path: str | os.PathLike[str], spec: EnvSpec) -> None:
-        self.store = EpisodeStore(path, cache="none")
+        self.store = open_store(path, cache="none")
         self.spec = spec
         spec.require_state_columns(self.store.columns, path)
         if self.store.action_dim != spec.action_dim:

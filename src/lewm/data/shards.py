@@ -2,8 +2,11 @@
 
 A cluster job array writes ``data-00000-of-00008.h5`` ... (one file per job, each a
 complete file in the official layout, so any one can also be opened by itself);
-``EpisodeStore("data.h5")`` then reads them as the single file an unsharded collection
+``open_store("data.h5")`` then reads them as the single file an unsharded collection
 with the same seed would have written.
+
+``open_store`` lives here rather than in ``store.py`` so that the imports go one way:
+this module builds on :class:`~lewm.data.store.EpisodeStore`, which knows nothing of shards.
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ def find_shards(path: str | os.PathLike[str]) -> list[Path]:
             f"(found {count - len(missing)} of {count} shards)"
         )
     return shards
+
+
+def open_store(path: str | os.PathLike[str], cache: str = "auto") -> EpisodeStore:
+    """The dataset ``path``, whether one file or a set of shard files.
+
+    Every reader of a dataset (training, evaluation, analysis, conversion) opens it through
+    here, so a sharded collection is used unchanged wherever one file would be. ``path``
+    that exists is always read as that one file; only a missing ``path`` with shard files
+    beside it becomes a :class:`ShardedEpisodeStore`. Neither found: the plain store's
+    "no such file" error. ``cache`` is as for :class:`EpisodeStore`.
+    """
+    if not Path(path).exists() and find_shards(path):
+        return ShardedEpisodeStore(path, cache=cache)
+    return EpisodeStore(path, cache=cache)
 
 
 class ShardedEpisodeStore(EpisodeStore):

@@ -6,8 +6,9 @@ episode lies. Keeping this exact layout means the official ``tworoom.h5`` and fr
 unchanged, and the files we collect can be read by the reference code.
 
 A dataset may also be split into shard files ``data-00000-of-00008.h5`` ... (one per job of
-a cluster job array); ``EpisodeStore("data.h5")`` reads them as one file. Each shard is a
-complete file in the same layout, so any one of them can also be opened by itself.
+a cluster job array); ``open_store("data.h5")`` (in lewm.data.shards) reads them as one
+file. Each shard is a complete file in the same layout, so any one of them can also be
+opened by itself.
 """
 
 from __future__ import annotations
@@ -91,21 +92,11 @@ class EpisodeStore:
     RAM according to ``cache``; otherwise it is read from disk on demand. The HDF5 handle
     is opened lazily in each process, so a store can be pickled into DataLoader workers.
 
-    When ``path`` does not exist but its shard files do, the store is a
-    :class:`~lewm.data.shards.ShardedEpisodeStore` over them, so training, evaluation
-    and analysis read a sharded dataset unchanged.
+    This class reads one file. To open a dataset that may be sharded, call
+    :func:`lewm.data.open_store`, which returns a
+    :class:`~lewm.data.shards.ShardedEpisodeStore` when ``path`` names shard files: the
+    choice lives there so that this module never imports the shards one (which builds on it).
     """
-
-    def __new__(
-        cls, path: str | os.PathLike[str] | None = None, cache: str = "auto"
-    ) -> EpisodeStore:
-        # path is None when pickle recreates a store; its class is already the right one.
-        if cls is EpisodeStore and path is not None and not Path(path).exists():
-            from lewm.data.shards import ShardedEpisodeStore, find_shards
-
-            if find_shards(path):
-                cls = ShardedEpisodeStore
-        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str], cache: str = "auto") -> None:
         self.path = Path(path)

@@ -22,11 +22,12 @@ import torch
 from torch import Tensor
 
 from lewm.checkpoint import first_nonfinite, load_checkpoint, load_tensors_only, save_checkpoint
-from lewm.config import ACTION_SMOOTHED_DIM, ConfigError, ModelConfig, RunConfig, preset
-from lewm.data import EpisodeStore, Normalizer
+from lewm.config import ConfigError, ModelConfig, RunConfig, preset
+from lewm.data import Normalizer, open_store
 from lewm.envs import get_env_spec
 from lewm.io import atomic_folder, read_json_object
-from lewm.model import LeWM
+from lewm.model.config import ACTION_SMOOTHED_DIM
+from lewm.registry import build_model
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.json"
@@ -125,7 +126,7 @@ def official_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     the same way an export maps it, so import and export cannot disagree on the layout.
     """
     with torch.device("meta"):
-        state = LeWM(cfg).state_dict()
+        state = build_model(cfg).state_dict()
     return {key: part.shape for key, part in _split(state, cfg.enc_depth)}
 
 
@@ -374,7 +375,7 @@ def import_official(
     if env is not None:
         get_env_spec(env)  # an unknown name is refused before any file is read
     official_cfg = _load_json(src / CONFIG)
-    with EpisodeStore(data, cache="none") as store:
+    with open_store(data, cache="none") as store:
         env_name = env or store.env_name
         if env_name is None:
             raise OfficialCheckpointError(
@@ -398,7 +399,7 @@ def import_official(
     cfg = preset("paper")
     cfg.env, cfg.model = env_name, model_cfg
     cfg.data.path = data_path
-    model = LeWM(model_cfg)
+    model = build_model(model_cfg)
     model.load_state_dict(state)
     with atomic_folder(out, replace=False) as tmp:
         save_checkpoint(tmp, model, cfg, norm)
@@ -411,6 +412,11 @@ def export_official(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]
     Returns the number of tensors written (303 for the paper model).
     """
     ckpt = load_checkpoint(run_dir)
+    if ckpt.config.model.kind != "lewm":
+        raise OfficialCheckpointError(
+            f"{run_dir}: a {ckpt.config.model.kind} run; only LeWM runs have an official "
+            "checkpoint layout"
+        )
     config = official_config(ckpt.config.model)
     state = to_official(ckpt.model.state_dict(), ckpt.config.model.enc_depth)
     with atomic_folder(out, replace=False) as tmp:

@@ -1,6 +1,7 @@
 """The LeWM world model: encoder, projectors, action encoder, predictor and SIGReg (torch only)."""
 
 from lewm.model.diagnostics import (
+    active_dims,
     batch_statistics,
     effective_rank,
     embedding_std,
@@ -19,6 +20,7 @@ __all__ = [
     "Projector",
     "SIGReg",
     "ViT",
+    "active_dims",
     "batch_statistics",
     "effective_rank",
     "embedding_std",

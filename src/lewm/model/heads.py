@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lewm.config import ACTION_SMOOTHED_DIM
+from lewm.model.config import ACTION_SMOOTHED_DIM
 
 
 class Projector(nn.Module):

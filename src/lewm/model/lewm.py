@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lewm.config import ModelConfig
+from lewm.model.config import ModelConfig
 from lewm.model.heads import ActionEncoder, Projector
 from lewm.model.predictor import Predictor
+from lewm.model.protocol import count_parameters
 from lewm.model.sigreg import SIGReg
 from lewm.model.vit import ViT
 
@@ -120,13 +121,11 @@ class LeWM(nn.Module):
         z = z_ctx.expand(blocks.shape[0], -1, -1) if z_ctx.shape[0] == 1 else z_ctx
         return self.predictor.rollout(z, self.embed_actions(blocks), horizon, self.pred_proj)
 
-    def loss(
-        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Teacher-forced prediction loss plus λ·SIGReg on a batch of clips (MODEL.md §4).
+    def teacher_forced(self, pixels: Tensor, blocks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Embeddings of a batch of clips, their one-step predictions and the targets.
 
         ``pixels`` (B, T, 3, H, W) and ``blocks`` (B, T, block_dim) with T = num_steps. The
-        targets keep their gradient: SIGReg, not a stop-gradient, is what prevents collapse.
+        targets keep their gradient: a regulariser, not a stop-gradient, prevents collapse.
         """
         cfg = self.cfg
         if pixels.dim() != 5 or pixels.shape[1] != cfg.num_steps:
@@ -141,14 +140,23 @@ class LeWM(nn.Module):
             )
         z = self.encode(pixels)
         pred = self.predict(z[:, : cfg.history], blocks[:, : cfg.history])
-        target = z[:, cfg.num_preds : cfg.num_preds + cfg.history]
+        return z, pred, z[:, cfg.num_preds : cfg.num_preds + cfg.history]
+
+    def loss(
+        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Teacher-forced prediction loss plus λ·SIGReg on a batch of clips (MODEL.md §4)."""
+        z, pred, target = self.teacher_forced(pixels, blocks)
         pred_loss = F.mse_loss(pred, target)
         sigreg = self.sigreg(z.transpose(0, 1), generator)
-        loss = pred_loss + cfg.sigreg_lambda * sigreg
+        loss = pred_loss + self.cfg.sigreg_lambda * sigreg
         return {"loss": loss, "pred_loss": pred_loss, "sigreg": sigreg, "z": z.detach()}
 
+    def planning_cost(self, predicted: Tensor, z_goal: Tensor) -> Tensor:
+        """MODEL.md §6: squared distance of the last imagined embedding to the goal's."""
+        return ((predicted[..., -1, :] - z_goal) ** 2).sum(dim=-1)
+
     def param_counts(self) -> dict[str, int]:
-        names = ("encoder", "projector", "action_encoder", "predictor", "pred_proj")
-        counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in names}
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        return counts
+        return count_parameters(
+            self, ("encoder", "projector", "action_encoder", "predictor", "pred_proj")
+        )

@@ -37,8 +37,7 @@ def multihead_attention(qkv: Tensor, heads: int, causal: bool, dropout_p: float 
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool, dropout_p: float) -> Tensor:
-    """softmax(q·kᵀ/√d)·v written out, no fused kernel: lewm's bf16 CPU path, and the
-    reference model's attention in ``benchmarks/train_speed.py``."""
+    """softmax(q·kᵀ/√d)·v written out, no fused kernel: lewm's bf16 CPU path."""
     scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     if causal:
         t = scores.shape[-1]

@@ -7,7 +7,7 @@ import json
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,22 @@ from rich.progress import Progress
 
 from lewm.checkpoint import CheckpointError, load_checkpoint
 from lewm.config import EvalConfig, apply_overrides
-from lewm.data import EpisodeStore, split_episodes
+from lewm.data import EpisodeStore, open_store, split_episodes
 from lewm.device import keep_freed_memory, resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remove_stale_parts
-from lewm.plan.mpc import MPCPlanner
+from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.plan.solvers import SOLVER_NAMES
-from lewm.report.gif import save_gif, side_by_side
 
 # (observations (N,H,W,3), goals (N,H,W,3), episode indices) -> raw actions (N, steps, A).
 Actor = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
+# (folder, file stem, frames, goal) -> anything: writes one evaluated episode's media into
+# folder, as files named stem plus a suffix of the writer's choosing. Frames are the episode's
+# rendered observations from its start on, each uint8 (H, W, 3); goal is its goal image.
+# Planning only hands the frames over: writing them is the report layer's job (plan/ never
+# imports report/), e.g. lewm.report.gif.write_episode_gif. The stem,
+# "episode_007_ok", names the episode's index in result.json and its outcome.
+EpisodeMedia = Callable[[Path, str, list[np.ndarray], np.ndarray], object]
 SPLITS = ("val", "train", "all")
 # An evaluation is one folder, RUN/eval/NAME/, holding this file and its GIFs: it is swapped in
 # whole, so the JSON and the GIFs beside it always come from the same evaluation.
@@ -58,6 +64,7 @@ class EpisodeOutcome:
 class EvalResult:
     """``plan_seconds_*`` time one planning call, which plans ``envs_per_call_mean``
     environments at once; ``plan_seconds_per_env`` is planning time per environment-plan.
+    ``plan_flops_*`` count one environment's plan (see :func:`lewm.plan.mpc.plan_flops`).
     With ``plan.compile``, the one-off compiles are in ``compile_seconds``, not in those."""
 
     success_rate: float
@@ -65,6 +72,8 @@ class EvalResult:
     plan_seconds_mean: float | None = None
     plan_seconds_median: float | None = None
     plan_seconds_per_env: float | None = None
+    plan_flops_per_plan: int | None = None
+    plan_flops_per_iteration: int | None = None
     envs_per_call_mean: float | None = None
     compile_seconds: float | None = None
     settings: dict[str, Any] = field(default_factory=dict)
@@ -148,11 +157,15 @@ def run_protocol(
     actor: Actor,
     cfg: EvalConfig,
     seed: int,
-    gif_dir: Path | None = None,
+    media_dir: Path | None = None,
     progress: bool = True,
+    media: EpisodeMedia | None = None,
 ) -> tuple[float, list[EpisodeOutcome]]:
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
-    (one planning call per replanning step for all of them); returns (rate, outcomes)."""
+    (one planning call per replanning step for all of them); returns (rate, outcomes).
+
+    With ``media`` and ``media_dir``, the frames of the first ``cfg.gifs`` episodes are
+    handed to ``media`` to write into ``media_dir``; without, no frames are kept."""
     spec = get_env_spec(env_name)
     spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
@@ -175,7 +188,8 @@ def run_protocol(
                 )
                 obs.append(pixels[0])
                 goal.append(pixels[1])
-            outcomes += _lockstep(envs, ids, np.stack(obs), np.stack(goal), actor, cfg, gif_dir,
+            recorder = None if media is None or media_dir is None else (media_dir, media)
+            outcomes += _lockstep(envs, ids, np.stack(obs), np.stack(goal), actor, cfg, recorder,
                                   [int(starts[i]) for i in ids], [int(ep_of_row[i]) for i in ids])
             done = sum(o.success for o in outcomes)
             bar.update(task, advance=len(ids),
@@ -186,14 +200,16 @@ def run_protocol(
 
 def _lockstep(
     envs: list[Any], ids: list[int], obs: np.ndarray, goal: np.ndarray, actor: Actor,
-    cfg: EvalConfig, gif_dir: Path | None, start_rows: list[int], episodes: list[int],
+    cfg: EvalConfig, recorder: tuple[Path, EpisodeMedia] | None, start_rows: list[int],
+    episodes: list[int],
 ) -> list[EpisodeOutcome]:
     """Episodes ``ids`` from reset to success or budget; a finished environment is frozen
-    and leaves the planning batch."""
+    and leaves the planning batch. ``recorder`` (folder, writer) receives the frames of the
+    episodes whose index is below ``cfg.gifs``."""
     steps, plans, success = [0] * len(ids), [0] * len(ids), [False] * len(ids)
+    # Copies: obs is overwritten in place step by step.
     frames = {
-        k: [side_by_side(obs[k], goal[k])]
-        for k, i in enumerate(ids) if gif_dir is not None and i < cfg.gifs
+        k: [obs[k].copy()] for k, i in enumerate(ids) if recorder is not None and i < cfg.gifs
     }
     while active := [k for k in range(len(ids)) if not success[k] and steps[k] < cfg.budget]:
         chunks = actor(obs[active], goal[active], [ids[k] for k in active])
@@ -204,13 +220,15 @@ def _lockstep(
                 steps[k] += 1
                 obs[k] = envs[k].render()
                 if k in frames:
-                    frames[k].append(side_by_side(obs[k], goal[k]))
+                    frames[k].append(obs[k].copy())
                 if terminated or info["success"]:
                     success[k] = True
                     break
-    for k, kept in frames.items():
-        tag = "ok" if success[k] else "fail"
-        save_gif(kept, gif_dir / f"episode_{ids[k]:03d}_{tag}.gif")
+    if recorder is not None:
+        folder, media = recorder
+        for k, kept in frames.items():
+            tag = "ok" if success[k] else "fail"
+            media(folder, f"episode_{ids[k]:03d}_{tag}", kept, goal[k].copy())
     return [
         EpisodeOutcome(i, episodes[k], start_rows[k], success[k], steps[k], plans[k])
         for k, i in enumerate(ids)
@@ -237,14 +255,22 @@ def evaluate_run(
     device: str = "auto",
     name: str | None = None,
     progress: bool = True,
+    media: EpisodeMedia | None = None,
 ) -> tuple[EvalResult, Path]:
-    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>/`` (JSON and GIFs).
+    """Evaluate a trained run on the protocol; writes ``RUN_DIR/eval/<name>/`` (the JSON,
+    and the episodes' media when ``media`` is given).
 
     ``solver`` is one of the planning solvers, or ``random`` for the no-model floor;
     ``None`` keeps the run's ``plan.solver``. ``overrides`` are ``key=value`` for the
     ``eval.`` and ``plan.`` sections (a bare key is a ``plan.`` one). Returns the result and
     the path of its JSON, ``RUN_DIR/eval/<name>/result.json``. Two evaluations of one name at
     once are refused; an interrupted one leaves the previous result of that name as it was.
+
+    ``media`` writes the first ``eval.gifs`` episodes' frames into the result folder (see
+    :data:`EpisodeMedia`); pass ``lewm.report.gif.write_episode_gif`` for the GIFs that
+    ``lewm eval`` writes. Planning does not write media itself (``plan/`` never imports
+    ``report/``), so **without ``media`` no GIFs are written**, and the result records
+    ``eval.gifs`` as 0 so that it describes its folder.
     """
     if name is not None:
         check_result_name(name)
@@ -264,11 +290,11 @@ def evaluate_run(
         raise ValueError(
             f"unknown solver {solver!r}; choose one of: {', '.join(SOLVER_NAMES)}, random"
         )
-    eval_cfg = cfg.eval
+    eval_cfg = cfg.eval if media is not None else replace(cfg.eval, gifs=0)
     data = data or cfg.data.path
     if not data:
         raise ValueError(f"{run_dir}: no --data given and the run does not name its data file")
-    store = EpisodeStore(data, cache="none")
+    store = open_store(data, cache="none")
     if store.image_size != cfg.model.image_size:
         raise CheckpointError(
             f"{run_dir}: the checkpoint expects {cfg.model.image_size}x{cfg.model.image_size} "
@@ -304,14 +330,20 @@ def evaluate_run(
     with exclusive(lock_path(target), f"evaluation {target}"):
         remove_stale_parts(target)
         with atomic_folder(target, replace=True) as staging:
+            # The media go into the staging folder: they appear with their JSON or not at all.
             rate, outcomes = run_protocol(
-                store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress
+                store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media
             )
             result = _result(rate, outcomes, planner)
+            if planner is not None:
+                flops = plan_flops(ckpt.model, m.image_size, cfg.plan, m.block_dim, torch_device)
+                result.plan_flops_per_plan = flops["plan"]
+                result.plan_flops_per_iteration = flops["iteration"]
             result.settings = {
                 "run": str(Path(run_dir).resolve()),
                 "data": str(store.path),
                 "env": cfg.env,
+                "model": {"kind": m.kind, "note": m.note},
                 "solver": solver,
                 "seed": seed,
                 "device": str(torch_device),

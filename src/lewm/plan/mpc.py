@@ -1,7 +1,7 @@
 """Model-predictive control: plan in latent space, execute the first blocks, replan.
 
-The planner talks to the world model through two calls (``encode`` and ``rollout``) and the
-goal cost, so any model with that protocol plans here unchanged. One call plans for many
+The planner talks to the world model through three calls (``encode``, ``rollout`` and
+``planning_cost``), so every kind of world model plans here unchanged. One call plans for many
 environments at once (environments × candidates in one rollout), each with its own noise
 generator, so the plans do not depend on how environments are grouped.
 """
@@ -21,15 +21,14 @@ from lewm.data.normalize import Normalizer
 from lewm.plan.solvers import make_solver
 
 
-class WorldModel(Protocol):
+class Planned(Protocol):
+    """The part of ``lewm.model.protocol.WorldModel`` that planning uses."""
+
     def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def rollout(self, z_ctx: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor: ...
 
-
-def goal_cost(predicted: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
-    """MODEL.md §6: squared distance of the last predicted embedding to the goal embedding."""
-    return ((predicted[..., -1, :] - z_goal) ** 2).sum(dim=-1)
+    def planning_cost(self, predicted: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor: ...
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -82,7 +81,7 @@ class MPCPlanner:
 
     def __init__(
         self,
-        model: WorldModel,
+        model: Planned,
         normalizer: Normalizer,
         cfg: PlanConfig,
         frameskip: int,
@@ -142,7 +141,7 @@ class MPCPlanner:
             samples = candidates.shape[1]
             predicted = rollout(z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1))
             target = z_goal.repeat_interleave(samples, dim=0)
-            return goal_cost(predicted, target).view(batch, samples)
+            return self.model.planning_cost(predicted, target).view(batch, samples)
 
         init = None
         if self.cfg.warm_start and previous is not None:
@@ -166,3 +165,33 @@ class MPCPlanner:
         seconds = time.perf_counter() - start
         self.compile_seconds += seconds
         return seconds
+
+
+def plan_flops(
+    model: Planned, image_size: int, cfg: PlanConfig, block_dim: int, device: torch.device
+) -> dict[str, int]:
+    """Forward FLOPs of one plan for one environment, counted by torch's FLOP counter
+    (matmuls, convolutions, attention): encoding the observation and the goal, then
+    ``iterations`` rollouts of ``samples`` candidates with their costs. Counted once on a
+    blank frame, since the work does not depend on the pixels; the gradient solver's backward
+    passes are not included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frames = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        z_now = model.encode(frames_to_tensor(frames, device))
+        z_goal = model.encode(frames_to_tensor(frames, device))[:, 0]
+    encode = counter.get_total_flops()
+    blocks = torch.zeros(cfg.samples, cfg.horizon, block_dim, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        predicted = model.rollout(z_now.expand(cfg.samples, -1, -1), blocks)
+        model.planning_cost(predicted, z_goal.expand(cfg.samples, -1))
+    iteration = counter.get_total_flops()
+    return {
+        "encode": int(encode),
+        "iteration": int(iteration),
+        "plan": int(encode + cfg.iterations * iteration),
+    }
+

@@ -1,4 +1,8 @@
-"""Animated GIFs of episodes, for a person to look at: real frame | goal image."""
+"""Animated GIFs of episodes, for a person to look at: real frame | goal image.
+
+Evaluation writes its GIFs through :func:`write_episode_gif`, which callers hand to
+``evaluate_run``: planning computes the frames and never imports this module.
+"""
 
 from __future__ import annotations
 
@@ -40,3 +44,14 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10, scal
             duration=int(1000 / fps), loop=0,
         )
     return path
+
+
+def write_episode_gif(
+    folder: Path, stem: str, frames: Sequence[np.ndarray], goal: np.ndarray
+) -> Path:
+    """One evaluated episode as ``folder/stem.gif``: each real frame beside the goal image.
+
+    The media writer that ``lewm eval`` hands to ``lewm.plan.evaluate.evaluate_run``
+    (its ``EpisodeMedia``): planning passes the frames, the report layer draws them.
+    """
+    return save_gif([side_by_side(frame, goal) for frame in frames], Path(folder) / f"{stem}.gif")

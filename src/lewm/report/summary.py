@@ -119,6 +119,25 @@ def _probe_cell(s: dict) -> str:
     return f"{s['mse']:.3f}±{s['mse_std']:.3f} ({s['r']:.3f})"
 
 
+DEFAULT_KIND = "lewm"  # runs written before model.kind existed are LeWM runs
+# The label of a DINO-WM run without encoder weights (lewm.baselines.dinowm_config says the
+# same; report/ reads plain results and imports no model code).
+RANDOM_ENCODER = "random frozen encoder, not DINOv2"
+
+
+def kind_label(config: dict[str, Any], summary: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(kind, label): the kind with the note training recorded (an ablation, the encoder's
+    origin). A DINO-WM run without encoder weights planned on a random frozen encoder, which
+    must never pass for DINOv2 features in a table, so that is read from the config even
+    where no summary was written."""
+    model = config.get("model") or {}
+    kind = model.get("kind") or DEFAULT_KIND
+    note = ((summary or {}).get("model") or {}).get("note") or ""
+    if kind == "dinowm" and not model.get("encoder_weights"):
+        note = RANDOM_ENCODER
+    return kind, f"{kind} ({note})" if note else kind
+
+
 def build_report(run_dir: str | Path) -> dict[str, Path]:
     """Write report.md, report.html and their plots; returns the paths written."""
     run = Path(run_dir)
@@ -127,7 +146,8 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     plots = run / PLOTS
     page = Page()
     config = _load(run / "config.json") or {}
-    page.heading(f"LeWM run report: {run.name}")
+    _, label = kind_label(config, _load(run / "train_summary.json"))
+    page.heading(f"Run report: {run.name} ({label})")
     page.text(f"Environment {config.get('env', '?')}, preset {config.get('preset', '?')}, "
               f"data {config.get('data', {}).get('path', '?')}.")
     _training(page, run, plots)

@@ -35,17 +35,24 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lewm.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from lewm.config import ConfigError, RunConfig
-from lewm.data import ClipDataset, EpisodeStore, Normalizer, split_episodes
+from lewm.data import ClipDataset, EpisodeStore, Normalizer, open_store, split_episodes
 from lewm.device import resolve_device
 from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text, exclusive, name_write_error, remove_stale_parts
-from lewm.model import recalibrate_batchnorm
+from lewm.model.diagnostics import (
+    ACTIVE_STD,
+    active_dims,
+    effective_rank,
+    embedding_std,
+    recalibrate_batchnorm,
+)
 from lewm.train.checkpoint_io import AtomicCheckpointIO, read_training_checkpoint
 from lewm.train.distributed import check_scaling, per_rank_batch
 from lewm.train.guard import NonFiniteLossError
-from lewm.train.module import LeWMModule, copy_last_error
+from lewm.train.module import WorldModelModule, copy_last_error
 
 SUMMARY = "train_summary.json"
+CHECKPOINT_DIR, LAST = "checkpoints", "last.ckpt"
 # Held by the process that trains the run (see lewm.io.exclusive); gone when it ends.
 LOCK = ".lock"
 # Training data that does not name its environment is taken to be TwoRoom, with a warning.
@@ -189,18 +196,42 @@ def _batches(loader: DataLoader, n: int, device: torch.device) -> Iterator[tuple
 
 
 @torch.no_grad()
-def heldout_errors(module: LeWMModule, loader: DataLoader, n: int, device: torch.device) -> dict:
-    """Eval-mode 1-step prediction error on held-out clips, next to copy-last-embedding."""
+def heldout_errors(
+    module: WorldModelModule, loader: DataLoader, n: int, device: torch.device
+) -> dict:
+    """Eval-mode 1-step prediction error on held-out clips, next to copy-last-embedding, and
+    the spread of their embeddings: a collapsed model predicts perfectly and is useless, so
+    the two are only read together."""
     model = module.model.eval()
     m = model.cfg
-    pred, copy = [], []
+    pred, copy, latents = [], [], []
     for pixels, action in _batches(loader, n, device):
         z = model.encode(pixels)
         ẑ = model.predict(z[:, : m.history], action[:, : m.history])
         target = z[:, m.num_preds : m.num_preds + m.history]
         pred.append(torch.mean((ẑ - target) ** 2).item())
         copy.append(copy_last_error(z, m.history, m.num_preds).item())
-    return {"pred_mse": sum(pred) / len(pred), "copy_last_mse": sum(copy) / len(copy)}
+        latents.append(z[:, 0].float().cpu())
+    z = torch.cat(latents)
+    return {
+        "pred_mse": sum(pred) / len(pred),
+        "copy_last_mse": sum(copy) / len(copy),
+        "emb_std": embedding_std(z),
+        "emb_active_dims": active_dims(z),
+        "emb_rank": effective_rank(z),
+        "emb_dim": int(z.shape[-1]),
+    }
+
+
+def collapse_warning(heldout: dict) -> str | None:
+    """A one-line verdict when no direction of the embeddings keeps a useful spread."""
+    if heldout["emb_active_dims"] > 0:
+        return None
+    return (
+        f"embeddings collapsed: std {heldout['emb_std']:.3g}, 0 of {heldout['emb_dim']} "
+        f"directions with std >= {ACTIVE_STD} (a unit Gaussian has all of them); the 1-step "
+        f"error {heldout['pred_mse']:.3g} is small because there is nothing left to predict"
+    )
 
 
 class _SaveAtEnd(Callback):
@@ -242,17 +273,21 @@ def train(
         raise FileExistsError(f"{run_dir}: is a file, expected a run folder (--out)")
     torch_device = resolve_device(device)
     check_scaling(cfg.train, torch_device)
-    store = EpisodeStore(data, cache=cfg.data.cache)
+    store = open_store(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
     cfg.data.path = str(Path(data).resolve())
     norm = Normalizer.fit(store, ("action",))
     loaders = _loaders(cfg, store, norm, per_rank_batch(cfg.train), torch_device)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Built (and its external weights read) before the folder is touched; a resumed run's
+    # checkpoint holds every weight, so it does not read them again.
+    module = WorldModelModule(cfg, pretrained=not (run_dir / CHECKPOINT_DIR / LAST).is_file())
     hold = exclusive(run_dir / LOCK, f"run folder {run_dir}") if _is_global_zero() else (
         contextlib.nullcontext()
     )
     try:
         with hold:
-            return _fit(run_dir, cfg, store, norm, loaders, torch_device, progress)
+            return _fit(run_dir, cfg, module, store, norm, loaders, torch_device, progress)
     except OSError as exc:
         raise name_write_error(exc, run_dir) from None
 
@@ -260,22 +295,21 @@ def train(
 def _fit(
     run_dir: Path,
     cfg: RunConfig,
+    module: WorldModelModule,
     store: EpisodeStore,
     norm: Normalizer,
     loaders: tuple[DataLoader, DataLoader],
     torch_device: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last = ckpt_dir / LAST
     remove_stale_parts(last)
     first_step = _check_resume(run_dir, cfg, last)
     cfg.save(run_dir / CONFIG)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _quiet_lightning()
 
     t = cfg.train
-    module = LeWMModule(cfg)
     trainer = pl.Trainer(
         accelerator=torch_device.type,
         devices=t.devices,
@@ -333,13 +367,24 @@ def _fit(
             summary["steps_this_call"] * t.batch_size * cfg.model.num_steps
             / max(train_seconds, 1e-9)
         )
+        if summary["steps_this_call"] == 0:  # a re-export: keep the throughput measured
+            summary["frames_per_second"] = _previous_throughput(run_dir / SUMMARY)
         atomic_write_text(run_dir / SUMMARY, json.dumps(summary, indent=2))
     return trainer.strategy.broadcast(summary, src=0)
 
 
+def _previous_throughput(path: Path) -> float | None:
+    """The frames/s a run's earlier summary measured, if it has a readable one."""
+    try:
+        value = json.loads(path.read_text()).get("frames_per_second")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 def _finish(
     run_dir: Path,
-    module: LeWMModule,
+    module: WorldModelModule,
     cfg: RunConfig,
     norm: Normalizer,
     store: EpisodeStore,
@@ -359,7 +404,16 @@ def _finish(
     after = heldout_errors(module, val_loader, t.val_batches, device)
     save_checkpoint(run_dir, module.model.cpu(), cfg, norm)
     meta = _checkpoint_meta(last)
+    warning = collapse_warning(after)
+    if warning:
+        warnings.warn(warning, stacklevel=1)
     return {
+        "model": {
+            "kind": cfg.model.kind,
+            "note": cfg.model.note,
+            "parameters": module.model.param_counts(),
+        },
+        "collapsed": warning is not None,
         "steps": meta["global_step"],
         "steps_this_call": meta["global_step"] - first_step,
         "nonfinite_steps": meta["nonfinite_steps"],

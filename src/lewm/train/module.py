@@ -1,6 +1,6 @@
-"""The science of training, as a LightningModule: the LeWM loss, its optimiser and schedule,
-the diagnostics that show collapse or lagging BatchNorm at a glance, and the guard that skips
-steps whose loss is not finite."""
+"""The science of training, as a LightningModule: any world model's loss (built by
+``model.kind``), its optimiser and schedule, the diagnostics that show collapse or lagging
+BatchNorm at a glance, and the guard that skips steps whose loss is not finite."""
 
 from __future__ import annotations
 
@@ -12,11 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lewm.analysis.embed import frame_rows, heldout_episodes
-from lewm.analysis.straightness import straightness
 from lewm.config import RunConfig
-from lewm.data import EpisodeStore, find_shards, pixels_tensor
-from lewm.model import LeWM, batch_statistics, effective_rank, embedding_std
+from lewm.data import find_shards, open_store, pixels_tensor
+from lewm.data.clips import frame_rows, heldout_episodes
+from lewm.model.diagnostics import (
+    active_dims,
+    batch_statistics,
+    effective_rank,
+    embedding_std,
+    straightness,
+)
+from lewm.registry import build_model
 from lewm.train.distributed import direction_generator
 from lewm.train.guard import NonFiniteGuard
 
@@ -46,19 +52,24 @@ def copy_last_error(z: torch.Tensor, history: int, num_preds: int) -> torch.Tens
     return F.mse_loss(context, target)
 
 
-class LeWMModule(pl.LightningModule):
-    def __init__(self, cfg: RunConfig) -> None:
+class WorldModelModule(pl.LightningModule):
+    """Trains the world model that ``cfg.model.kind`` names; ``pretrained`` loads weights the
+    config names from outside the run (DINO-WM's encoder), which a resumed run does not need
+    because its checkpoint holds every weight."""
+
+    def __init__(self, cfg: RunConfig, pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = LeWM(cfg.model)
+        self.model = build_model(cfg.model, pretrained=pretrained)
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite)
         self._skip_step = False
         self._bn_saved: list[torch.Tensor] = []
         self._straight_frames: list[torch.Tensor] | None = None
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """The LeWM loss; a non-finite one is still back-propagated (DDP expects every rank
-        to reduce gradients each step) but its optimiser step is skipped, on all ranks alike.
+        """The model's loss, every named term logged on its own; a non-finite loss is still
+        back-propagated (DDP expects every rank to reduce gradients each step) but its
+        optimiser step is skipped, on all ranks alike.
 
         SIGReg's directions come from the step counter, identical on every rank (§5.1).
         """
@@ -72,21 +83,18 @@ class LeWMModule(pl.LightningModule):
         )
         self._skip_step = not finite
         self.guard.update(finite, step)
-        self.log_dict(
-            {
-                "train/loss": out["loss"],
-                "train/pred_loss": out["pred_loss"],
-                "train/sigreg": out["sigreg"],
-            },
-            prog_bar=True,
-            on_step=True,
-            on_epoch=False,
-        )
+        terms = {f"train/{k}": v for k, v in out.items() if k not in ("z", "loss")}
+        self.log_dict(terms, prog_bar=False, on_step=True, on_epoch=False)
+        self.log("train/loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/nonfinite_steps", float(self.guard.total), on_step=True, on_epoch=False)
         if finite and step % self.cfg.train.log_every == 0:  # an SVD of NaN would raise
             z = out["z"].float().flatten(0, 1)
             self.log_dict(
-                {"train/emb_std": embedding_std(z), "train/emb_rank": effective_rank(z)},
+                {
+                    "train/emb_std": embedding_std(z),
+                    "train/emb_rank": effective_rank(z),
+                    "train/emb_active_dims": float(active_dims(z)),
+                },
                 on_step=True,
                 on_epoch=False,
             )
@@ -160,7 +168,7 @@ class LeWMModule(pl.LightningModule):
             self._straight_frames = []
             path = self.cfg.data.path
             if path and (Path(path).is_file() or find_shards(path)):
-                with EpisodeStore(path, cache="none") as store:
+                with open_store(path, cache="none") as store:
                     for episode in heldout_episodes(self.cfg, store)[:STRAIGHTNESS_EPISODES]:
                         rows = frame_rows(store, int(episode), self.cfg.model.frameskip)
                         if rows.size >= 3:
@@ -171,7 +179,10 @@ class LeWMModule(pl.LightningModule):
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own union type
         t = self.cfg.train
-        opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        # A frozen part (DINO-WM's encoder) is left out. PLDM's inverse-dynamics head shares
+        # the optimiser: AdamW's state is per parameter, so only the gradient clip couples it.
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=t.lr, weight_decay=t.weight_decay)
         warmup = max(1, int(t.warmup_fraction * t.max_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, t.max_steps, warmup)
