@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lewm.model.vit import MLP, SelfAttention
+
 DINOV2_LN_EPS = 1e-6
 SAFETENSORS_FILE = "model.safetensors"
 # HF's Dinov2Model splits the hub's fused qkv projection into three, in this row order.
@@ -44,30 +46,6 @@ class PatchEmbed(nn.Module):
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
 class LayerScale(nn.Module):
     """Per-channel residual-branch gain; 1.0 at init, learned values in the checkpoint."""
 
@@ -83,10 +61,10 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=DINOV2_LN_EPS)
-        self.attn = Attention(dim, heads)
+        self.attn = SelfAttention(dim, heads)
         self.ls1 = LayerScale(dim)
         self.norm2 = nn.LayerNorm(dim, eps=DINOV2_LN_EPS)
-        self.mlp = Mlp(dim, mlp)
+        self.mlp = MLP(dim, mlp)
         self.ls2 = LayerScale(dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -23,18 +23,12 @@ from torch import Tensor, nn
 from lewm.baselines.dinov2 import DINOv2, DINOv2WeightsError, load_dinov2_weights
 from lewm.baselines.dinowm_config import DinoWMConfig
 from lewm.model.lewm import IMAGENET_MEAN, IMAGENET_STD
-from lewm.model.predictor import FeedForward
+from lewm.model.predictor import CausalAttention, FeedForward
 from lewm.model.protocol import count_parameters
 
 
-class BlockCausalAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, dim_head: int, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(dropout))
+class BlockCausalAttention(CausalAttention):
+    """The predictor's attention with a block mask instead of a token-causal one."""
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b, n, _ = x.shape
