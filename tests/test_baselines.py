@@ -21,27 +21,30 @@ from lewm.baselines.pldm import PLDM, pldm_terms
 from lewm.baselines.pldm_config import PLDMConfig
 from lewm.checkpoint import load_checkpoint
 from lewm.config import ConfigError, ModelConfig, RunConfig, resolve
+from lewm.envs import proprio_columns
 from lewm.model import LeWM
 from lewm.model.diagnostics import active_dims, effective_rank
 from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.registry import build_model
 from lewm.train.fit import collapse_warning, train
 
+# Each kind, and DINO-WM's noprop variant (a variant's name is its kind, "_", what differs).
 KIND_OVERRIDES = {
     "lewm": SMALL_MODEL,
     "pldm": ["model.kind=pldm", *SMALL_MODEL],
     "dinowm": SMALL_DINOWM,
+    "dinowm_noprop": [*SMALL_DINOWM, "model.proprio_embed=0"],
 }
 EXPECTED_CLASS = {"lewm": LeWM, "pldm": PLDM, "dinowm": DinoWM}
 
 
 @pytest.fixture(scope="module", params=sorted(KIND_OVERRIDES))
 def kind_run(request, tmp_path_factory, tworoom_file) -> tuple[str, Path]:
-    kind = request.param
-    run = tmp_path_factory.mktemp(f"run_{kind}") / "run"
-    cfg = resolve("tiny", KIND_OVERRIDES[kind], {"train.max_steps": 3})
+    variant = request.param
+    run = tmp_path_factory.mktemp(f"run_{variant}") / "run"
+    cfg = resolve("tiny", KIND_OVERRIDES[variant], {"train.max_steps": 3})
     train(tworoom_file, run, cfg, device="cpu", progress=False)
-    return kind, run
+    return variant.split("_")[0], run
 
 
 def test_each_kind_trains_records_its_kind_and_reloads_identically(kind_run, tworoom_file):
@@ -73,6 +76,8 @@ def test_each_kind_logs_its_own_loss_terms(kind_run):
                  "train/temporal", "train/idm", "train/sigreg"},
         "dinowm": {"train/pred_loss"},
     }[kind]
+    if load_checkpoint(run).config.model.uses_proprio:
+        expected |= {"train/pixel_loss", "train/proprio_loss"}
     assert expected <= set(header)
     assert "train/emb_active_dims" in header
 
@@ -83,11 +88,14 @@ def test_each_kind_plans(kind_run):
     cfg = ckpt.config
     cfg.plan.samples, cfg.plan.elites, cfg.plan.iterations = 16, 4, 2
     m = cfg.model
+    columns = proprio_columns(cfg)
+    assert columns == (("proprio",) if m.uses_proprio else ())
     planner = MPCPlanner(ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim,
-                         torch.device("cpu"))
+                         torch.device("cpu"), columns)
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    actions, plans = planner.plan(frames, frames[::-1].copy(), gens)
+    proprio = (np.array([[0.2, 0.3], [0.5, 0.5]]), np.array([[0.8, 0.3], [0.1, 0.9]]))
+    actions, plans = planner.plan(frames, frames[::-1].copy(), gens, proprio=proprio)
     assert actions.shape == (2, cfg.plan.receding_horizon * m.frameskip, m.action_dim)
     assert np.isfinite(actions).all()
     flops = plan_flops(ckpt.model, m.image_size, cfg.plan, m.block_dim, torch.device("cpu"))
@@ -98,7 +106,9 @@ def test_each_kind_plans(kind_run):
 def test_dinowm_is_labelled_as_a_random_encoder_without_weights(kind_run):
     kind, run = kind_run
     note = json.loads((run / "train_summary.json").read_text())["model"]["note"]
-    assert (note == RANDOM_ENCODER_LABEL) == (kind == "dinowm")
+    assert note.startswith(RANDOM_ENCODER_LABEL) == (kind == "dinowm")
+    noprop = kind == "dinowm" and not load_checkpoint(run).config.model.uses_proprio
+    assert note.endswith("; noprop") == noprop
 
 
 def test_registry_refuses_an_unknown_kind_listing_the_kinds():
@@ -131,22 +141,27 @@ def test_config_round_trips_for_every_kind(tmp_path):
         assert RunConfig.load(tmp_path / "c.json") == cfg
 
 
-@pytest.mark.parametrize("kind", sorted(KIND_OVERRIDES))
-def test_closed_form_parameter_counts_match_the_modules(kind):
-    cfg = resolve("tiny", KIND_OVERRIDES[kind]).model
+@pytest.mark.parametrize("variant", sorted(KIND_OVERRIDES))
+def test_closed_form_parameter_counts_match_the_modules(variant):
+    cfg = resolve("tiny", KIND_OVERRIDES[variant]).model
     counts = build_model(cfg).param_counts()
     assert cfg.num_parameters() == counts["total"]
-    if kind == "dinowm":
+    if cfg.kind == "dinowm":
         assert cfg.trainable_parameters() == counts["trainable"] < counts["total"]
     else:
         assert counts["trainable"] == counts["total"]
 
 
 def test_paper_dinowm_has_the_reference_sizes():
-    cfg = DinoWMConfig()  # ViT-S/14 at 224: 256 patches, token 384 + 10 (noprop)
+    # BASELINES.md §2.1: ViT-S/14 at 224 gives 256 patches of 384; proprio (TwoRoom P = 2)
+    # and action (A = 2) embeddings of 10 make tokens of 404, or 394 for noprop.
+    cfg = DinoWMConfig()
     assert cfg.encoder_parameters() == 22_056_576
-    assert (cfg.patches, cfg.token_dim) == (256, 394)
-    assert cfg.trainable_parameters() == 19_695_740 + 110  # BASELINES.md §2.1, A = 2
+    assert (cfg.patches, cfg.token_dim) == (256, 404)
+    assert cfg.trainable_parameters() == 20_195_320 + 110 + 30
+    noprop = DinoWMConfig(proprio_embed=0)
+    assert noprop.token_dim == 394 and not noprop.uses_proprio
+    assert noprop.trainable_parameters() == 19_695_740 + 110
 
 
 def test_old_run_folder_without_kind_loads_as_lewm(small_run, tmp_path):
@@ -205,7 +220,7 @@ def test_dinowm_predictor_is_block_causal_and_its_encoder_frozen():
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     assert not any(p.requires_grad for p in model.encoder.parameters())
-    z = torch.randn(1, 2, cfg.patches * cfg.enc_dim)
+    z = torch.randn(1, 2, cfg.patches * cfg.slot_dim)
     blocks = torch.randn(1, 2, cfg.block_dim)
     changed = z.clone()
     changed[:, 1] += 1.0
@@ -220,8 +235,9 @@ def test_dinowm_predictor_is_block_causal_and_its_encoder_frozen():
 def test_dinowm_resizes_frames_for_its_encoder():
     cfg = resolve("tiny", SMALL_DINOWM).model
     model = build_model(cfg).eval()
-    z = model.encode(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
-    assert z.shape == (3, (28 // 14) ** 2 * 32) and not z.requires_grad
+    with torch.no_grad():
+        z = model.encode(torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
+    assert z.shape == (3, (28 // 14) ** 2 * (32 + 10))
     with pytest.raises(ValueError, match="model.image_size"):
         model.encode(torch.zeros(1, 3, 28, 28))
 

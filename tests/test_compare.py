@@ -145,13 +145,21 @@ def test_random_encoder_label_in_markdown_json_and_printed_table(tmp_path):
                                                            "encoder_weights": ""})
     real = make_run(tmp_path / "dino_real", model={"kind": "dinowm",
                                                    "encoder_weights": "dinov2.safetensors"})
+    noprop = make_run(tmp_path / "dino_noprop", model={"kind": "dinowm", "encoder_weights": ""},
+                      summary={"model": {"note": f"{RANDOM_ENCODER}; noprop"}})
+    claims = make_run(tmp_path / "dino_claims", model={"kind": "dinowm", "encoder_weights": ""},
+                      summary={"model": {"note": "DINOv2 weights from x.pth"}})
     out = tmp_path / "cmp"
-    result = runner.invoke(app, ["compare", str(random_enc), str(real), "--out", str(out)])
+    result = runner.invoke(app, ["compare", str(random_enc), str(real), str(noprop), str(claims),
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"dino_random: dinowm ({RANDOM_ENCODER})" in result.output
     assert "dino_real:" not in result.output
     rows = json.loads((out / "compare.json").read_text())["runs"]
-    assert [r["kind_label"] for r in rows] == [f"dinowm ({RANDOM_ENCODER})", "dinowm"]
+    assert [r["kind_label"] for r in rows] == [
+        f"dinowm ({RANDOM_ENCODER})", "dinowm", f"dinowm ({RANDOM_ENCODER}; noprop)",
+        f"dinowm ({RANDOM_ENCODER})",
+    ]
     assert f"| dino_random | dinowm ({RANDOM_ENCODER}) |" in (out / "compare.md").read_text()
 
 

@@ -211,7 +211,11 @@ def test_recalibrate_batchnorm_uses_batch_statistics_and_keeps_weights() -> None
     model = wake_adaln(small_model())
     bn = model.projector.net[1]
     batches = [
-        (pixels_for(SMALL, 4, SMALL.num_steps), torch.randn(4, SMALL.num_steps, SMALL.block_dim))
+        (
+            pixels_for(SMALL, 4, SMALL.num_steps),
+            torch.randn(4, SMALL.num_steps, SMALL.block_dim),
+            None,
+        )
         for _ in range(2)
     ]
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from lewm.config import RunConfig
 from lewm.data.normalize import Normalizer
-from lewm.envs import UnknownEnvError, get_env_spec
+from lewm.envs import UnknownEnvError, get_env_spec, proprio_columns
 from lewm.io import atomic_path
 from lewm.model.protocol import WorldModel
 from lewm.registry import build_model
@@ -124,6 +124,11 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         get_env_spec(cfg.env)
     except UnknownEnvError as exc:
         raise CheckpointError(f"{run_dir / CONFIG}: field 'env': {exc}") from None
+    if cfg.model.uses_proprio:
+        try:
+            norm.require(proprio_columns(cfg), cfg.model.proprio_dim, str(run_dir / NORMALIZER))
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         state = load_file(str(run_dir / WEIGHTS))
     except (SafetensorError, OSError) as exc:

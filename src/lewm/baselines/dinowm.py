@@ -1,13 +1,16 @@
 """A DINO-WM-style world model (BASELINES.md §2, the paper's "PreJEPA" baseline).
 
-A frozen DINOv2 turns each frame into patch tokens; that grid of tokens is the latent. The
-action block's embedding is joined to every patch of its frame, and a transformer over the
-patches of ``history`` frames, attending block-causally (a frame's tokens see their own and
-earlier frames), predicts each patch of the next frame. Only the predictor and the action
-embedder train, on the mean squared error of the patch features. Planning compares the
-last imagined grid with the goal's, patch by patch.
+A frozen DINOv2 turns each frame into patch tokens. The proprioception's embedding is
+joined to every patch, and that grid of slots (patch features | proprio embedding) is the
+latent. The action block's embedding is joined to every slot of its frame, and a transformer
+over the patches of ``history`` frames, attending block-causally (a frame's tokens see their
+own and earlier frames), predicts each slot of the next frame. Only the predictor and the
+embedders train, on the mean squared error of the slots; the targets are detached, so the
+proprio embedder learns only through the predictor's input, as in the reference. Planning
+compares the last imagined grid with the goal's: patch features, plus the proprio embedding
+(of the first patch, as the reference reads it) weighted by ``proprio_cost``.
 
-The latent is handed out flattened to (..., patches·dim) so that planners and analyses read
+The latent is handed out flattened to (..., patches·slot) so that planners and analyses read
 it as they read LeWM's vector; it is the planning cost over 256 × 384 numbers instead of 192
 that makes this baseline expensive to plan with.
 """
@@ -82,6 +85,9 @@ class DinoWM(nn.Module):
         self.encoder.requires_grad_(False)
         # A per-step linear map (the reference's Conv1d with kernel 1).
         self.action_encoder = nn.Linear(cfg.block_dim, cfg.action_embed)
+        self.proprio_encoder = (
+            nn.Linear(cfg.proprio_dim, cfg.proprio_embed) if cfg.uses_proprio else None
+        )
         self.predictor = PatchPredictor(
             cfg.token_dim, cfg.patches, cfg.history, cfg.pred_depth, cfg.pred_heads,
             cfg.pred_dim_head, cfg.pred_mlp, cfg.pred_dropout,
@@ -112,9 +118,15 @@ class DinoWM(nn.Module):
         self.encoder.eval()
         return self
 
-    def encode(self, pixels: Tensor) -> Tensor:
-        """Frames (..., 3, H, W), uint8 or float in [0, 1] → flattened patch features
-        (..., patches·enc_dim), without gradient (the encoder is frozen)."""
+    def encode(self, pixels: Tensor, proprio: Tensor | None = None) -> Tensor:
+        """Frames (..., 3, H, W), uint8 or float in [0, 1], and their z-scored
+        proprioception (..., proprio_dim) → flattened slots (..., patches·slot_dim).
+
+        The patch features carry no gradient (the encoder is frozen); the proprio embedding
+        does. Without ``proprio``, a model that uses it sees the dataset's mean state (z-score
+        0): analyses that read pixels alone, such as probing, then measure what the pixels
+        carry rather than reading the agent's position back from its input.
+        """
         cfg = self.cfg
         if pixels.dim() < 3 or pixels.shape[-3] != 3:
             raise ValueError(f"pixels must be (..., 3, H, W), got shape {tuple(pixels.shape)}")
@@ -133,30 +145,46 @@ class DinoWM(nn.Module):
                     antialias=True, align_corners=False,
                 )  # fmt: skip
             x = (x - self.pixel_mean) / self.pixel_std
-            tokens = self.encoder(x.to(self.encoder.cls_token.dtype))
-        return tokens.reshape(*pixels.shape[:-3], -1).detach()
+            tokens = self.encoder(x.to(self.encoder.cls_token.dtype)).detach()
+        tokens = tokens.view(*pixels.shape[:-3], cfg.patches, cfg.enc_dim)
+        if self.proprio_encoder is not None:
+            tokens = torch.cat([tokens, self._proprio_slot(proprio, tokens)], dim=-1)
+        return tokens.flatten(-2)
+
+    def _proprio_slot(self, proprio: Tensor | None, tokens: Tensor) -> Tensor:
+        """The proprio embedding copied to every patch: (..., patches, proprio_embed)."""
+        lead = tokens.shape[:-2]
+        if proprio is None:
+            proprio = tokens.new_zeros(*lead, self.cfg.proprio_dim)
+        elif proprio.shape != (*lead, self.cfg.proprio_dim):
+            raise ValueError(
+                f"proprio must be ({', '.join(map(str, lead))}, {self.cfg.proprio_dim}) like "
+                f"the frames (model.proprio_dim), got shape {tuple(proprio.shape)}"
+            )
+        embedded = self.proprio_encoder(proprio.to(tokens.dtype))
+        return embedded.unsqueeze(-2).expand(*lead, self.cfg.patches, -1)
 
     def _tokens(self, z: Tensor, blocks: Tensor) -> Tensor:
-        """Latents (B, T, P·E) and blocks (B, T, block_dim) → tokens (B, T, P, E + A)."""
+        """Latents (B, T, P·S) and blocks (B, T, block_dim) → tokens (B, T, P, S + A)."""
         b, t, _ = z.shape
-        patches = z.view(b, t, self.cfg.patches, self.cfg.enc_dim)
+        patches = z.view(b, t, self.cfg.patches, self.cfg.slot_dim)
         actions = self.action_encoder(blocks)[:, :, None].expand(-1, -1, self.cfg.patches, -1)
         return torch.cat([patches, actions.to(patches.dtype)], dim=-1)
 
     def predict(self, z: Tensor, blocks: Tensor) -> Tensor:
-        """Latents (B, T ≤ history, P·E) and their blocks → (B, T, P·E): the patch features
-        of each next frame (the action slot of the output is dropped, as the reference
-        overwrites it)."""
+        """Latents (B, T ≤ history, P·S) and their blocks → (B, T, P·S): the slots of each
+        next frame (the action part of the output is dropped, as the reference overwrites
+        it)."""
         if blocks.dim() != 3 or blocks.shape[-1] != self.cfg.block_dim:
             raise ValueError(
                 f"action blocks must be (B, T, {self.cfg.block_dim}) (frameskip × action_dim), "
                 f"got shape {tuple(blocks.shape)}"
             )
-        out = self.predictor(self._tokens(z, blocks))[..., : self.cfg.enc_dim]
+        out = self.predictor(self._tokens(z, blocks))[..., : self.cfg.slot_dim]
         return out.reshape(*z.shape)
 
     def rollout(self, z_ctx: Tensor, blocks: Tensor) -> Tensor:
-        """Imagine H grids ahead from h real ones (BASELINES.md §2.4) → (B, H, P·E); block i
+        """Imagine H grids ahead from h real ones (BASELINES.md §2.4) → (B, H, P·S); block i
         pairs with latent i, as for LeWM, and a context of batch 1 is shared by all B."""
         if z_ctx.dim() != 3 or blocks.dim() != 3:
             raise ValueError(
@@ -182,24 +210,42 @@ class DinoWM(nn.Module):
         return torch.cat(imagined, dim=1)
 
     def planning_cost(self, predicted: Tensor, z_goal: Tensor) -> Tensor:
-        """Mean over patches and features of the squared difference between the last
-        imagined grid and the goal's (the reference's pixel term; no proprio term)."""
-        return ((predicted[..., -1, :] - z_goal) ** 2).mean(dim=-1)
+        """The last imagined grid against the goal's (BASELINES.md §2.4): mean squared
+        difference over patches and features, plus ``proprio_cost`` times that of the proprio
+        embeddings."""
+        cfg = self.cfg
+        diff = (predicted[..., -1, :] - z_goal).unflatten(-1, (cfg.patches, cfg.slot_dim)) ** 2
+        cost = diff[..., : cfg.enc_dim].mean(dim=(-2, -1))
+        if cfg.uses_proprio:
+            cost = cost + cfg.proprio_cost * diff[..., 0, cfg.enc_dim :].mean(dim=-1)
+        return cost
 
     def loss(
-        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: Tensor,
+        blocks: Tensor,
+        generator: torch.Generator | None = None,
+        proprio: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Teacher-forced patch-feature MSE; the targets come from the frozen encoder."""
+        """Teacher-forced MSE of the slots (patch features and proprio embedding together, as
+        the reference averages them), against detached targets; each part is also logged."""
         cfg = self.cfg
         if pixels.dim() != 5 or pixels.shape[1] != cfg.num_steps:
             raise ValueError(
                 f"pixels must be (B, {cfg.num_steps}, 3, H, W) (num_steps = history + "
                 f"num_preds), got shape {tuple(pixels.shape)}"
             )
-        z = self.encode(pixels)
+        z = self.encode(pixels, proprio)
         pred = self.predict(z[:, : cfg.history], blocks[:, : cfg.history])
-        pred_loss = F.mse_loss(pred, z[:, cfg.num_preds : cfg.num_preds + cfg.history])
-        return {"loss": pred_loss, "pred_loss": pred_loss, "z": z}
+        target = z[:, cfg.num_preds : cfg.num_preds + cfg.history].detach()
+        pred_loss = F.mse_loss(pred, target)
+        out = {"loss": pred_loss, "pred_loss": pred_loss, "z": z.detach()}
+        if cfg.uses_proprio:
+            diff = (pred - target).unflatten(-1, (cfg.patches, cfg.slot_dim)) ** 2
+            out["pixel_loss"] = diff[..., : cfg.enc_dim].mean()
+            out["proprio_loss"] = diff[..., cfg.enc_dim :].mean()
+        return out
 
     def param_counts(self) -> dict[str, int]:
-        return count_parameters(self, ("encoder", "action_encoder", "predictor"))
+        parts = ("encoder", "action_encoder", "proprio_encoder", "predictor")
+        return count_parameters(self, parts if self.cfg.uses_proprio else parts[:2] + parts[3:])

@@ -6,7 +6,9 @@ given; without weights the encoder is random and frozen, which is allowed but la
 wherever results are shown. ``image_size`` is the frames' size, as for every kind (the data
 must hold it); the encoder sees them resized to ``encoder_size`` (224 in the paper, 256
 patches; 56 gives 16 patches, which a laptop can train).
-This is the "noprop" variant: actions are joined to every patch, proprioception is not.
+Proprioception (``proprio_dim`` values, which the data decides) is embedded to
+``proprio_embed`` values and joined to every patch beside the action's embedding, as in the
+paper's TwoRoom and PushT models; ``proprio_embed=0`` is the "noprop" variant.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class DinoWMConfig:
     enc_mlp: int = 1536
     enc_pretrain_size: int = 518
     action_embed: int = 10
+    proprio_dim: int = 2
+    proprio_embed: int = 10
+    proprio_cost: float = 1.0
     pred_depth: int = 6
     pred_heads: int = 16
     pred_dim_head: int = 64
@@ -55,9 +60,18 @@ class DinoWMConfig:
         return (self.encoder_size // self.patch_size) ** 2
 
     @property
+    def uses_proprio(self) -> bool:
+        return self.proprio_embed > 0
+
+    @property
+    def slot_dim(self) -> int:
+        """What the latent holds per patch: its features and the proprio embedding."""
+        return self.enc_dim + self.proprio_embed
+
+    @property
     def token_dim(self) -> int:
-        """A predictor token: one patch's features joined with the action embedding."""
-        return self.enc_dim + self.action_embed
+        """A predictor token: one patch's slot joined with the action embedding."""
+        return self.slot_dim + self.action_embed
 
     @property
     def pretrained(self) -> bool:
@@ -65,9 +79,13 @@ class DinoWMConfig:
 
     @property
     def note(self) -> str:
-        if self.pretrained:
-            return f"DINOv2 weights from {self.encoder_weights}"
-        return RANDOM_ENCODER_LABEL
+        """Which encoder, and whether proprioception is read: two DINO-WM runs that differ
+        there must not look alike in a table."""
+        encoder = (
+            f"DINOv2 weights from {self.encoder_weights}" if self.pretrained
+            else RANDOM_ENCODER_LABEL
+        )  # fmt: skip
+        return encoder if self.uses_proprio else f"{encoder}; noprop"
 
     def encoder_parameters(self) -> int:
         """The frozen DINOv2's parameters (22,056,576 for ViT-S/14), in closed form."""
@@ -81,14 +99,17 @@ class DinoWMConfig:
         )
 
     def trainable_parameters(self) -> int:
-        """The predictor and the action embedder: all that DINO-WM trains."""
+        """The predictor and the embedders: all that DINO-WM trains."""
         t, inner, pm = self.token_dim, self.pred_heads * self.pred_dim_head, self.pred_mlp
         predictor = (
             self.history * self.patches * t  # position embedding
             + self.pred_depth * (4 * t + 3 * t * inner + inner * t + t + 2 * t * pm + pm + t)
             + 2 * t  # final LayerNorm
         )
-        return predictor + self.block_dim * self.action_embed + self.action_embed
+        embedders = (self.block_dim + 1) * self.action_embed
+        if self.uses_proprio:
+            embedders += (self.proprio_dim + 1) * self.proprio_embed
+        return predictor + embedders
 
     def num_parameters(self) -> int:
         """Every parameter, so that a config is sized before any tensor exists."""
@@ -100,7 +121,12 @@ class DinoWMConfig:
             section, self, 1, "image_size", "encoder_size", "patch_size", "enc_dim",
             "enc_depth", "enc_heads", "enc_mlp", "enc_pretrain_size", "action_embed",
             "pred_depth", "pred_heads", "pred_dim_head", "pred_mlp", "history", "num_preds",
-            "action_dim", "frameskip",
+            "action_dim", "frameskip", "proprio_dim",
+        )  # fmt: skip
+        at_least(section, self, 0, "proprio_embed")
+        require(
+            self.proprio_cost >= 0, f"{section}.proprio_cost", self.proprio_cost,
+            "a number >= 0",
         )  # fmt: skip
         require(
             self.image_size <= MAX_IMAGE_SIZE, f"{section}.image_size", self.image_size,

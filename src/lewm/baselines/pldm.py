@@ -71,8 +71,13 @@ class PLDM(LeWM):
         self.idm = InverseDynamics(cfg.embed_dim, cfg.idm_hidden, cfg.block_dim)
 
     def loss(
-        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: Tensor,
+        blocks: Tensor,
+        generator: torch.Generator | None = None,
+        proprio: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """Every term of BASELINES.md §1.2 with its weight; proprioception is not read."""
         cfg = self.cfg
         z, pred, target = self.teacher_forced(pixels, blocks)
         out = {"pred_loss": F.mse_loss(pred, target), **pldm_terms(z)}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lewm.data.normalize import Normalizer
+from lewm.data.normalize import Normalizer, join_columns
 from lewm.data.store import EpisodeStore
 
 if TYPE_CHECKING:  # the run config only types a parameter here
@@ -78,11 +78,34 @@ def clip_starts(
     return (first + within).astype(np.int64)
 
 
+def read_proprio(
+    store: EpisodeStore, normalizer: Normalizer, columns: tuple[str, ...], rows: np.ndarray
+) -> np.ndarray:
+    """The z-scored proprioception of dataset ``rows``: float32 (len(rows), P), the
+    ``columns`` joined in order."""
+    raw = join_columns({c: store.read(c, rows) for c in columns}, columns, len(rows))
+    return normalizer.transform(columns, raw).astype(np.float32)
+
+
+def proprio_width(store: EpisodeStore, columns: tuple[str, ...]) -> int:
+    """How many values ``columns`` join to per row; names the first missing column."""
+    missing = [c for c in columns if c not in store.columns]
+    if missing:
+        raise ValueError(
+            f"{store.path}: no proprioception column {missing[0]!r} (expected "
+            f"{', '.join(columns)}; the file has {', '.join(store.columns)})"
+        )
+    first = np.zeros(1, dtype=np.int64)
+    return int(join_columns({c: store.read(c, first) for c in columns}, columns, 1).shape[1])
+
+
 class ClipDataset(Dataset):
-    """Clip i → {"pixels": uint8 (n, 3, H, W), "action": float32 (n, f·A)}.
+    """Clip i → {"pixels": uint8 (n, 3, H, W), "action": float32 (n, f·A)}, and
+    "proprio": float32 (n, P) when ``proprio_columns`` are given.
 
     Block k of ``action`` holds the f z-scored raw actions between frame k and frame k+1,
-    concatenated row-major; the episode's NaN last action becomes 0.
+    concatenated row-major; the episode's NaN last action becomes 0. ``proprio`` row k is
+    frame k's z-scored proprioception, the columns joined in order.
     """
 
     def __init__(
@@ -92,8 +115,10 @@ class ClipDataset(Dataset):
         num_steps: int,
         frameskip: int,
         normalizer: Normalizer,
+        proprio_columns: tuple[str, ...] = (),
     ) -> None:
         self.store = store
+        self.proprio_columns = proprio_columns
         self.num_steps = num_steps
         self.frameskip = frameskip
         self.normalizer = normalizer
@@ -105,10 +130,16 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = int(self.starts[i])
-        frames = self.store.read("pixels", start + self._frame_offsets)
+        rows = start + self._frame_offsets
+        frames = self.store.read("pixels", rows)
         raw = self.store.read("action", slice(start, start + self.num_steps * self.frameskip))
         action = self.normalizer.transform("action", raw).reshape(self.num_steps, -1)
-        return {
+        clip = {
             "pixels": pixels_tensor(frames),
             "action": torch.from_numpy(np.ascontiguousarray(action, dtype=np.float32)),
         }
+        if self.proprio_columns:
+            clip["proprio"] = torch.from_numpy(
+                read_proprio(self.store, self.normalizer, self.proprio_columns, rows)
+            )
+        return clip

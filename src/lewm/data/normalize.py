@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +19,14 @@ from lewm.data.store import EpisodeStore
 from lewm.io import atomic_write_text, read_json_object
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+def join_columns(values: Mapping[str, Any], columns: Sequence[str], rows: int) -> np.ndarray:
+    """``rows`` rows of several columns → one float (rows, width) array, each column's row
+    flattened, in ``columns`` order: how proprioception that a file spreads over columns
+    (Cube's ``proprio_*``) reaches a model as one vector. No columns give (rows, 0)."""
+    parts = [np.asarray(values[c], dtype=np.float64).reshape(rows, -1) for c in columns]
+    return np.concatenate(parts, axis=-1) if parts else np.zeros((rows, 0))
 
 
 class Normalizer:
@@ -58,25 +66,49 @@ class Normalizer:
             std[column] = np.where(spread > 0, spread, 1.0)
         return cls(mean, std)
 
-    def require(self, column: str, width: int, source: str) -> None:
-        """Refuse statistics that cannot z-score rows of ``width`` values of ``column``, when
-        they are loaded rather than at the first plan (as a KeyError or a broadcast error)."""
-        if column not in self.mean:
-            have = ", ".join(map(repr, self.mean)) or "none"
-            raise ValueError(
-                f"{source}: no statistics for column {column!r} (has {have}); expected "
-                f"'columns.{column}' with {width} values of 'mean' and 'std'"
-            )
-        if self.mean[column].shape != (width,):
+    def require(self, column: str | Sequence[str], width: int, source: str) -> None:
+        """Refuse statistics that cannot z-score rows of ``width`` values of ``column`` (or of
+        several columns joined), when they are loaded rather than at the first plan (as a
+        KeyError or a broadcast error)."""
+        columns = (column,) if isinstance(column, str) else tuple(column)
+        for name in columns:
+            if name not in self.mean:
+                have = ", ".join(map(repr, self.mean)) or "none"
+                raise ValueError(
+                    f"{source}: no statistics for column {name!r} (has {have}); expected "
+                    f"'columns.{name}' with {width if len(columns) == 1 else 'its'} values of "
+                    "'mean' and 'std'"
+                )
+        if not isinstance(column, str):
+            joined = sum(self.mean[c].size for c in columns)
+            if joined != width:
+                raise ValueError(
+                    f"{source}: columns {', '.join(columns)}: expected {width} values of "
+                    f"'mean' in all, found {joined}"
+                )
+        elif self.mean[column].shape != (width,):
             raise ValueError(
                 f"{source}: field 'columns.{column}.mean': expected {width} values, found "
                 f"shape {self.mean[column].shape}"
             )
 
-    def _stats(self, column: str, like: Array) -> tuple[Array, Array]:
-        if column not in self.mean:
-            raise KeyError(f"no statistics for column {column!r}; have {', '.join(self.mean)}")
-        mean, std = self.mean[column], self.std[column]
+    def _stats(self, column: str | Sequence[str], like: Array) -> tuple[Array, Array]:
+        """A column's statistics, or several columns' joined as :func:`join_columns` joins
+        their values (then checked against the width of ``like``)."""
+        columns = (column,) if isinstance(column, str) else tuple(column)
+        for name in columns:
+            if name not in self.mean:
+                raise KeyError(f"no statistics for column {name!r}; have {', '.join(self.mean)}")
+        if isinstance(column, str):
+            mean, std = self.mean[column], self.std[column]
+        else:
+            mean = np.concatenate([self.mean[c].reshape(-1) for c in columns])
+            std = np.concatenate([self.std[c].reshape(-1) for c in columns])
+            if like.shape[-1] != mean.shape[0]:
+                raise ValueError(
+                    f"columns {', '.join(columns)} join to {mean.shape[0]} values per row, "
+                    f"got rows of {like.shape[-1]}"
+                )
         if isinstance(like, torch.Tensor):
             dtype = like.dtype if like.is_floating_point() else torch.float32
             return (
@@ -85,14 +117,15 @@ class Normalizer:
             )
         return mean.astype(np.float32), std.astype(np.float32)
 
-    def transform(self, column: str, x: Array) -> Array:
-        """Z-score, then NaN → 0: the model sees the missing last action as the mean one."""
+    def transform(self, column: str | Sequence[str], x: Array) -> Array:
+        """Z-score, then NaN → 0: the model sees the missing last action as the mean one.
+        Several columns z-score rows that join them (:func:`join_columns`)."""
         mean, std = self._stats(column, x)
         if isinstance(x, torch.Tensor):
             return torch.nan_to_num((x.to(mean.dtype) - mean) / std, nan=0.0)
         return np.nan_to_num((np.asarray(x, dtype=np.float32) - mean) / std, nan=0.0)
 
-    def inverse(self, column: str, x: Array) -> Array:
+    def inverse(self, column: str | Sequence[str], x: Array) -> Array:
         """Back to raw units, e.g. to send a planned action block to the environment."""
         mean, std = self._stats(column, x)
         if isinstance(x, torch.Tensor):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium
 import numpy as np
@@ -17,6 +17,9 @@ from lewm.envs.cube import CubeEnv, CubeOraclePolicy
 from lewm.envs.pusht import PushTEnv, PushTWeakPolicy
 from lewm.envs.reacher import ReacherEnv, ReacherOUPolicy, ReacherRandomPolicy
 from lewm.envs.tworoom import TwoRoomEnv, TwoRoomPolicy
+
+if TYPE_CHECKING:  # the run config only types a parameter here
+    from lewm.config import RunConfig
 
 __all__ = [
     "ENV_NAMES",
@@ -33,6 +36,7 @@ __all__ = [
     "UnknownEnvError",
     "get_env_spec",
     "make_env",
+    "proprio_columns",
 ]
 
 
@@ -51,10 +55,12 @@ class EnvSpec:
     ``set_state`` accepts, so an evaluation can restore a dataset row without knowing the
     environment; several keys let the official files (separate ``qpos`` and ``qvel``
     columns) be restored as they are. ``info_keys`` are the info entries the collector
-    stores per step as dataset columns. ``policies`` maps data-collection policy names to
-    their factories; the first is the default. ``episode_ends_at_success`` is false where
-    the paper's data runs a fixed length whatever happens (Reacher's random torques, the
-    Cube oracle chaining tasks).
+    stores per step as dataset columns. ``proprio_keys`` are the info entries (and
+    columns) that a model reading proprioception gets, joined in order: the agent's own
+    state, as the paper's baselines load it (BASELINES.md §3). ``policies`` maps
+    data-collection policy names to their factories; the first is the default.
+    ``episode_ends_at_success`` is false where the paper's data runs a fixed length whatever
+    happens (Reacher's random torques, the Cube oracle chaining tasks).
     """
 
     name: str
@@ -65,6 +71,7 @@ class EnvSpec:
     action_dim: int
     state_keys: tuple[str, ...]
     info_keys: tuple[str, ...]
+    proprio_keys: tuple[str, ...] = ()
     episode_ends_at_success: bool = True
 
     @property
@@ -120,6 +127,7 @@ _SPECS: dict[str, EnvSpec] = {
         action_dim=2,
         state_keys=("proprio",),
         info_keys=("proprio", "state", "goal_state"),
+        proprio_keys=("proprio",),
     ),
     # Paper data: episodes of mean length 196 and 5-step action blocks (ENVIRONMENTS.md §5).
     "pusht": EnvSpec(
@@ -131,6 +139,7 @@ _SPECS: dict[str, EnvSpec] = {
         action_dim=2,
         state_keys=("state",),
         info_keys=("proprio", "state", "goal_state"),
+        proprio_keys=("proprio",),
     ),
     # The released reacher.h5: uniform random torques, 200 steps; qpos/qvel restore a row.
     "reacher": EnvSpec(
@@ -142,6 +151,7 @@ _SPECS: dict[str, EnvSpec] = {
         action_dim=2,
         state_keys=("qpos", "qvel"),
         info_keys=("qpos", "qvel", "observation", "target_pos", "finger_pos"),
+        proprio_keys=("observation",),
         episode_ends_at_success=False,
     ),
     # cube_single_expert.h5: noisy oracle, 200 steps (201 rows), blocks of 5 x 5 actions.
@@ -158,11 +168,20 @@ _SPECS: dict[str, EnvSpec] = {
             "proprio_effector_yaw", "proprio_gripper_opening", "proprio_gripper_contact",
             "privileged_block_0_pos", "privileged_block_0_quat",
         ),
+        proprio_keys=(
+            "proprio_joint_pos", "proprio_effector_pos", "proprio_effector_yaw",
+            "proprio_gripper_opening", "proprio_gripper_contact",
+        ),
         episode_ends_at_success=False,
     ),
 }
 
 ENV_NAMES: tuple[str, ...] = tuple(_SPECS)
+
+
+def proprio_columns(cfg: RunConfig) -> tuple[str, ...]:
+    """The columns a run's model reads as proprioception: none unless its kind uses it."""
+    return get_env_spec(cfg.env).proprio_keys if cfg.model.uses_proprio else ()
 
 
 def get_env_spec(name: str) -> EnvSpec:

@@ -63,6 +63,11 @@ class ModelConfig:
         return "no SIGReg (sigreg_lambda=0 ablation)" if self.sigreg_lambda == 0 else ""
 
     @property
+    def uses_proprio(self) -> bool:
+        """LeWM learns from pixels and actions alone (so does PLDM, which is built on it)."""
+        return False
+
+    @property
     def block_dim(self) -> int:
         """Width of one action block: ``frameskip`` raw actions concatenated."""
         return self.frameskip * self.action_dim

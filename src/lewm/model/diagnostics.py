@@ -42,14 +42,17 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> None:
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, Tensor | None]]
+) -> None:
     """Recompute every BatchNorm's running statistics (LeWM's and PLDM's two projectors) from
     training clips; a model without BatchNorm is left as it is.
 
     With momentum 0.1 the running statistics trail the weights by ~10 steps, which in a short
     run (weights still moving fast) makes eval-mode embeddings noticeably wrong. Here they are
-    reset and re-estimated as a plain cumulative average over ``batches`` of (pixels, blocks)
-    clips, with dropout off as at eval time. Weights are not touched; the model ends in eval mode.
+    reset and re-estimated as a plain cumulative average over ``batches`` of (pixels, blocks,
+    proprio or None) clips, with dropout off as at eval time. Weights are not touched; the
+    model ends in eval mode.
     """
     norms = _batchnorms(model)
     if not norms:
@@ -65,8 +68,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tens
     history = model.cfg.history
     try:
         with torch.no_grad():
-            for pixels, blocks in batches:
-                z = model.encode(pixels.to(device))
+            for pixels, blocks, proprio in batches:
+                p = None if proprio is None else proprio.to(device)
+                z = model.encode(pixels.to(device), p)
                 model.predict(z[:, :history], blocks[:, :history].to(device))
     finally:
         for bn, momentum in zip(norms, momenta, strict=True):

@@ -59,10 +59,12 @@ class LeWM(nn.Module):
             "pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False
         )
 
-    def encode(self, pixels: Tensor) -> Tensor:
+    def encode(self, pixels: Tensor, proprio: Tensor | None = None) -> Tensor:
         """Frames (..., 3, H, W), uint8 or float in [0, 1] → embeddings (..., D).
 
         All leading dims go through the projector's BatchNorm as one batch, as in training.
+        LeWM learns from pixels alone: ``proprio`` is accepted, as the protocol asks, and
+        not read.
         """
         size = self.cfg.image_size
         if pixels.dim() < 3 or pixels.shape[-3] != 3:
@@ -143,9 +145,14 @@ class LeWM(nn.Module):
         return z, pred, z[:, cfg.num_preds : cfg.num_preds + cfg.history]
 
     def loss(
-        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: Tensor,
+        blocks: Tensor,
+        generator: torch.Generator | None = None,
+        proprio: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Teacher-forced prediction loss plus λ·SIGReg on a batch of clips (MODEL.md §4)."""
+        """Teacher-forced prediction loss plus λ·SIGReg on a batch of clips (MODEL.md §4);
+        ``proprio`` is not read."""
         z, pred, target = self.teacher_forced(pixels, blocks)
         pred_loss = F.mse_loss(pred, target)
         sigreg = self.sigreg(z.transpose(0, 1), generator)

@@ -18,8 +18,10 @@ from torch import Tensor
 class WorldModel(Protocol):
     cfg: Any
 
-    def encode(self, pixels: Tensor) -> Tensor:
-        """Frames (..., 3, H, W), uint8 or float in [0, 1] → latents (..., D)."""
+    def encode(self, pixels: Tensor, proprio: Tensor | None = None) -> Tensor:
+        """Frames (..., 3, H, W), uint8 or float in [0, 1], with their z-scored
+        proprioception (..., P) when ``cfg.uses_proprio`` → latents (..., D). A model that
+        does not use proprioception ignores it."""
         ...
 
     def predict(self, z: Tensor, blocks: Tensor) -> Tensor:
@@ -36,7 +38,11 @@ class WorldModel(Protocol):
         ...
 
     def loss(
-        self, pixels: Tensor, blocks: Tensor, generator: torch.Generator | None = None
+        self,
+        pixels: Tensor,
+        blocks: Tensor,
+        generator: torch.Generator | None = None,
+        proprio: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """The training objective on clips: ``loss`` (what is minimised), ``pred_loss``, every
         other named term as a scalar, and ``z`` (the detached latents)."""

@@ -18,14 +18,18 @@ from rich.progress import Progress
 from lewm.checkpoint import CheckpointError, load_checkpoint
 from lewm.config import EvalConfig, apply_overrides
 from lewm.data import EpisodeStore, open_store, split_episodes
+from lewm.data.clips import proprio_width
+from lewm.data.normalize import join_columns
 from lewm.device import keep_freed_memory, resolve_device
-from lewm.envs import get_env_spec
+from lewm.envs import get_env_spec, proprio_columns
 from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remove_stale_parts
 from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.plan.solvers import SOLVER_NAMES
 
-# (observations (N,H,W,3), goals (N,H,W,3), episode indices) -> raw actions (N, steps, A).
-Actor = Callable[[np.ndarray, np.ndarray, list[int]], np.ndarray]
+# (observations (N,H,W,3), goals (N,H,W,3), episode indices, proprio=None) -> raw actions
+# (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair, (N, P) each.
+Actor = Callable[..., np.ndarray]
+Proprio = tuple[np.ndarray, np.ndarray]
 # (folder, file stem, frames, goal) -> anything: writes one evaluated episode's media into
 # folder, as files named stem plus a suffix of the writer's choosing. Frames are the episode's
 # rendered observations from its start on, each uint8 (H, W, 3); goal is its goal image.
@@ -100,7 +104,13 @@ class PlannerActor:
         self.generators: dict[int, torch.Generator] = {}
         self.previous: dict[int, torch.Tensor] = {}
 
-    def __call__(self, observations: np.ndarray, goals: np.ndarray, ids: list[int]) -> np.ndarray:
+    def __call__(
+        self,
+        observations: np.ndarray,
+        goals: np.ndarray,
+        ids: list[int],
+        proprio: Proprio | None = None,
+    ) -> np.ndarray:
         for i in ids:
             if i not in self.generators:
                 self.generators[i] = torch.Generator().manual_seed(episode_seed(self.seed, i))
@@ -108,7 +118,7 @@ class PlannerActor:
         if all(i in self.previous for i in ids):
             previous = torch.stack([self.previous[i] for i in ids])
         actions, plans = self.planner.plan(
-            observations, goals, [self.generators[i] for i in ids], previous
+            observations, goals, [self.generators[i] for i in ids], previous, proprio
         )
         self.previous.update(zip(ids, plans, strict=True))
         return actions
@@ -122,7 +132,14 @@ class RandomActor:
         self.seed = seed
         self.rngs: dict[int, np.random.Generator] = {}
 
-    def __call__(self, observations: np.ndarray, goals: np.ndarray, ids: list[int]) -> np.ndarray:
+    def __call__(
+        self,
+        observations: np.ndarray,
+        goals: np.ndarray,
+        ids: list[int],
+        proprio: Proprio | None = None,
+    ) -> np.ndarray:
+        """Actions that look at nothing: observations and proprioception are ignored."""
         for i in ids:
             self.rngs.setdefault(i, np.random.default_rng(episode_seed(self.seed, i)))
         return np.stack(
@@ -160,12 +177,15 @@ def run_protocol(
     media_dir: Path | None = None,
     progress: bool = True,
     media: EpisodeMedia | None = None,
+    proprio_keys: tuple[str, ...] = (),
 ) -> tuple[float, list[EpisodeOutcome]]:
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
     (one planning call per replanning step for all of them); returns (rate, outcomes).
 
     With ``media`` and ``media_dir``, the frames of the first ``cfg.gifs`` episodes are
-    handed to ``media`` to write into ``media_dir``; without, no frames are kept."""
+    handed to ``media`` to write into ``media_dir``; without, no frames are kept. With
+    ``proprio_keys``, the actor also gets the raw proprioception: the start's and the goal's
+    from the dataset rows, then the environment's after each step."""
     spec = get_env_spec(env_name)
     spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
@@ -178,7 +198,7 @@ def run_protocol(
         task = bar.add_task("evaluating", total=len(starts))
         for first in range(0, len(starts), cfg.batch):
             ids = list(range(first, min(first + cfg.batch, len(starts))))
-            obs, goal = [], []
+            obs, goal, proprio = [], [], []
             for env, i in zip(envs, ids, strict=False):
                 rows = np.array([starts[i], starts[i] + cfg.goal_offset])
                 state = spec.read_state(store, rows)
@@ -188,9 +208,14 @@ def run_protocol(
                 )
                 obs.append(pixels[0])
                 goal.append(pixels[1])
+                proprio.append(
+                    join_columns({k: store.read(k, rows) for k in proprio_keys}, proprio_keys, 2)
+                )
             recorder = None if media is None or media_dir is None else (media_dir, media)
+            pairs = np.stack(proprio) if proprio_keys else None
             outcomes += _lockstep(envs, ids, np.stack(obs), np.stack(goal), actor, cfg, recorder,
-                                  [int(starts[i]) for i in ids], [int(ep_of_row[i]) for i in ids])
+                                  [int(starts[i]) for i in ids], [int(ep_of_row[i]) for i in ids],
+                                  pairs, proprio_keys)
             done = sum(o.success for o in outcomes)
             bar.update(task, advance=len(ids),
                        description=f"evaluating ({done}/{len(outcomes)} reached)")
@@ -201,24 +226,28 @@ def run_protocol(
 def _lockstep(
     envs: list[Any], ids: list[int], obs: np.ndarray, goal: np.ndarray, actor: Actor,
     cfg: EvalConfig, recorder: tuple[Path, EpisodeMedia] | None, start_rows: list[int],
-    episodes: list[int],
+    episodes: list[int], proprio: np.ndarray | None = None, proprio_keys: tuple[str, ...] = (),
 ) -> list[EpisodeOutcome]:
     """Episodes ``ids`` from reset to success or budget; a finished environment is frozen
     and leaves the planning batch. ``recorder`` (folder, writer) receives the frames of the
-    episodes whose index is below ``cfg.gifs``."""
+    episodes whose index is below ``cfg.gifs``. ``proprio`` (N, 2, P) holds each episode's
+    current and goal proprioception; the current one follows the environment's ``info``."""
     steps, plans, success = [0] * len(ids), [0] * len(ids), [False] * len(ids)
     # Copies: obs is overwritten in place step by step.
     frames = {
         k: [obs[k].copy()] for k, i in enumerate(ids) if recorder is not None and i < cfg.gifs
     }
     while active := [k for k in range(len(ids)) if not success[k] and steps[k] < cfg.budget]:
-        chunks = actor(obs[active], goal[active], [ids[k] for k in active])
+        pairs = None if proprio is None else (proprio[active, 0], proprio[active, 1])
+        chunks = actor(obs[active], goal[active], [ids[k] for k in active], proprio=pairs)
         for k, chunk in zip(active, chunks, strict=True):
             plans[k] += 1
             for action in chunk[: cfg.budget - steps[k]]:
                 _, _, terminated, _, info = envs[k].step(action)
                 steps[k] += 1
                 obs[k] = envs[k].render()
+                if proprio is not None:
+                    proprio[k, 0] = join_columns(info, proprio_keys, 1)[0]
                 if k in frames:
                     frames[k].append(obs[k].copy())
                 if terminated or info["success"]:
@@ -317,14 +346,24 @@ def evaluate_run(
     store.require_finite(spec.state_keys)
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
+    proprio_keys = proprio_columns(cfg)
+    if proprio_keys:
+        width = proprio_width(store, proprio_keys)
+        if width != m.proprio_dim:
+            raise CheckpointError(
+                f"{run_dir}: the checkpoint reads {m.proprio_dim} proprioception values but "
+                f"{store.path} holds {width} in {', '.join(proprio_keys)}"
+            )
+        store.require_finite(proprio_keys)
     planner: MPCPlanner | None = None
     actor: Actor
     if solver == "random":
         actor = RandomActor(m.action_dim, cfg.plan.receding_horizon * m.frameskip, seed)
     else:
         planner = MPCPlanner(
-            ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim, torch_device
-        )
+            ckpt.model, ckpt.normalizer, cfg.plan, m.frameskip, m.action_dim, torch_device,
+            proprio_keys,
+        )  # fmt: skip
         actor = PlannerActor(planner, seed)
     target = Path(run_dir) / "eval" / (name or f"{solver}_seed{seed}")
     with exclusive(lock_path(target), f"evaluation {target}"):
@@ -332,8 +371,9 @@ def evaluate_run(
         with atomic_folder(target, replace=True) as staging:
             # The media go into the staging folder: they appear with their JSON or not at all.
             rate, outcomes = run_protocol(
-                store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media
-            )
+                store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media,
+                proprio_keys,
+            )  # fmt: skip
             result = _result(rate, outcomes, planner)
             if planner is not None:
                 flops = plan_flops(ckpt.model, m.image_size, cfg.plan, m.block_dim, torch_device)

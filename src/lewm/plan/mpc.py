@@ -24,7 +24,8 @@ from lewm.plan.solvers import make_solver
 class Planned(Protocol):
     """The part of ``lewm.model.protocol.WorldModel`` that planning uses."""
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, pixels: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        ...
 
     def rollout(self, z_ctx: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor: ...
 
@@ -77,7 +78,10 @@ def compile_frozen(fn: Rollout) -> Rollout:
 
 class MPCPlanner:
     """Plans ``horizon`` action blocks and returns the first ``receding_horizon`` of them as
-    raw env actions (inverse z-scored, one row per env step), for a batch of environments."""
+    raw env actions (inverse z-scored, one row per env step), for a batch of environments.
+
+    A model that reads proprioception is given ``proprio_columns``: every plan then needs
+    the raw current and goal proprioception (those columns joined), which it z-scores."""
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class MPCPlanner:
         frameskip: int,
         action_dim: int,
         device: torch.device,
+        proprio_columns: tuple[str, ...] = (),
     ) -> None:
         if not 1 <= cfg.receding_horizon <= cfg.horizon:
             raise ValueError(
@@ -99,6 +104,7 @@ class MPCPlanner:
         self.frameskip = frameskip
         self.action_dim = action_dim
         self.device = device
+        self.proprio_columns = proprio_columns
         self.solver = make_solver(cfg)
         if cfg.precision not in PRECISIONS:
             raise ValueError(
@@ -120,8 +126,10 @@ class MPCPlanner:
         goals: np.ndarray,
         generators: list[torch.Generator],
         previous: torch.Tensor | None = None,
+        proprio: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, torch.Tensor]:
-        """Plan for N environments: uint8 (N, H, W, 3) observations and goals.
+        """Plan for N environments: uint8 (N, H, W, 3) observations and goals, and with
+        ``proprio_columns`` their raw proprioception, (N, P) each for now and the goal.
 
         Returns raw actions (N, receding_horizon·frameskip, action_dim) and the full z-scored
         plans (N, horizon, block_dim), which ``previous`` takes back for a warm start.
@@ -129,9 +137,10 @@ class MPCPlanner:
         start = time.perf_counter()
         batch = len(observations)
         shape = (self.cfg.horizon, self.frameskip * self.action_dim)
+        p_now, p_goal = self._proprio(proprio)
         with torch.no_grad():
-            z_now = self.model.encode(frames_to_tensor(observations, self.device))
-            z_goal = self.model.encode(frames_to_tensor(goals, self.device))[:, 0]
+            z_now = self.model.encode(frames_to_tensor(observations, self.device), p_now)
+            z_goal = self.model.encode(frames_to_tensor(goals, self.device), p_goal)[:, 0]
         if self.compiled_rollout is not None and batch not in self._compiled_batches:
             start += self._compile(z_now, shape)
 
@@ -153,6 +162,25 @@ class MPCPlanner:
         self.call_seconds.append(time.perf_counter() - start)
         self.call_sizes.append(batch)
         return actions.astype(np.float32), plans.detach()
+
+    def _proprio(
+        self, proprio: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Z-scored (N, 1, P) proprioception for ``encode``, or none for a model without."""
+        if not self.proprio_columns:
+            return None, None
+        if proprio is None:
+            raise ValueError(
+                f"this model reads proprioception ({', '.join(self.proprio_columns)}): plan() "
+                "needs proprio=(current, goal)"
+            )
+        now, goal = (
+            torch.from_numpy(self.normalizer.transform(self.proprio_columns, p))[:, None].to(
+                self.device
+            )
+            for p in proprio
+        )
+        return now, goal
 
     def _compile(self, z_now: torch.Tensor, shape: tuple[int, int]) -> float:
         """Compile for a new batch size before the plan is timed, so that plan timings stay

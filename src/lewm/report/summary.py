@@ -127,13 +127,15 @@ RANDOM_ENCODER = "random frozen encoder, not DINOv2"
 
 def kind_label(config: dict[str, Any], summary: dict[str, Any] | None = None) -> tuple[str, str]:
     """(kind, label): the kind with the note training recorded (an ablation, the encoder's
-    origin). A DINO-WM run without encoder weights planned on a random frozen encoder, which
-    must never pass for DINOv2 features in a table, so that is read from the config even
-    where no summary was written."""
+    origin, a noprop variant). A DINO-WM run without encoder weights planned on a random
+    frozen encoder, which must never pass for DINOv2 features in a table, so that is read
+    from the config even where no summary was written or its note says otherwise."""
     model = config.get("model") or {}
     kind = model.get("kind") or DEFAULT_KIND
     note = ((summary or {}).get("model") or {}).get("note") or ""
-    if kind == "dinowm" and not model.get("encoder_weights"):
+    if kind == "dinowm" and not model.get("encoder_weights") and not note.startswith(
+        RANDOM_ENCODER
+    ):
         note = RANDOM_ENCODER
     return kind, f"{kind} ({note})" if note else kind
 

@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lewm.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from lewm.config import ConfigError, RunConfig
 from lewm.data import ClipDataset, EpisodeStore, Normalizer, open_store, split_episodes
+from lewm.data.clips import proprio_width
 from lewm.device import resolve_device
-from lewm.envs import get_env_spec
+from lewm.envs import get_env_spec, proprio_columns
 from lewm.io import atomic_write_text, exclusive, name_write_error, remove_stale_parts
 from lewm.model.diagnostics import (
     ACTIVE_STD,
@@ -76,7 +77,8 @@ def _quiet_lightning() -> None:
 
 
 def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
-    """Fill the fields the data decides (env, action width) and check the ones it constrains."""
+    """Fill the fields the data decides (env, action and proprio widths) and check the ones
+    it constrains."""
     if store.env_name is not None:
         if cfg.env and cfg.env != store.env_name:
             raise ConfigError(
@@ -94,6 +96,14 @@ def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
     spec = get_env_spec(cfg.env)
     cfg.model.action_dim = store.action_dim
     cfg.model.frameskip = spec.frameskip
+    if cfg.model.uses_proprio:
+        try:
+            cfg.model.proprio_dim = proprio_width(store, spec.proprio_keys)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{exc}; model.kind={cfg.model.kind} reads proprioception: collect it, or "
+                "train without it (model.proprio_embed=0)"
+            ) from None
     if store.image_size != cfg.model.image_size:
         raise ConfigError(
             f"{store.path}: images are {store.image_size}x{store.image_size} but preset "
@@ -163,7 +173,9 @@ def _loaders(
     m = cfg.model
 
     def loader(episodes: Any, shuffle: bool, seed: int, limit: int = 0) -> DataLoader:
-        dataset: Dataset = ClipDataset(store, episodes, m.num_steps, m.frameskip, norm)
+        dataset: Dataset = ClipDataset(
+            store, episodes, m.num_steps, m.frameskip, norm, proprio_columns(cfg)
+        )
         if len(dataset) < cfg.train.batch_size:
             raise ConfigError(
                 f"{store.path}: only {len(dataset)} clips of {m.num_steps} frames x frameskip "
@@ -190,9 +202,14 @@ def _loaders(
     return loader(train_eps, True, cfg.seed), loader(val_eps, False, cfg.seed + 1, val_clips)
 
 
-def _batches(loader: DataLoader, n: int, device: torch.device) -> Iterator[tuple[Any, Any]]:
+def _batches(loader: DataLoader, n: int, device: torch.device) -> Iterator[tuple[Any, ...]]:
     for batch in itertools.islice(loader, n):
-        yield batch["pixels"].to(device), batch["action"].to(device)
+        proprio = batch.get("proprio")
+        yield (
+            batch["pixels"].to(device),
+            batch["action"].to(device),
+            None if proprio is None else proprio.to(device),
+        )
 
 
 @torch.no_grad()
@@ -205,8 +222,8 @@ def heldout_errors(
     model = module.model.eval()
     m = model.cfg
     pred, copy, latents = [], [], []
-    for pixels, action in _batches(loader, n, device):
-        z = model.encode(pixels)
+    for pixels, action, proprio in _batches(loader, n, device):
+        z = model.encode(pixels, proprio)
         ẑ = model.predict(z[:, : m.history], action[:, : m.history])
         target = z[:, m.num_preds : m.num_preds + m.history]
         pred.append(torch.mean((ẑ - target) ** 2).item())
@@ -276,7 +293,7 @@ def train(
     store = open_store(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
     cfg.data.path = str(Path(data).resolve())
-    norm = Normalizer.fit(store, ("action",))
+    norm = Normalizer.fit(store, ("action", *proprio_columns(cfg)))
     loaders = _loaders(cfg, store, norm, per_rank_batch(cfg.train), torch_device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Built (and its external weights read) before the folder is touched; a resumed run's

@@ -76,7 +76,10 @@ class WorldModelModule(pl.LightningModule):
         self._bn_saved = [b.clone() for b in self._batchnorm_buffers()]
         step = self.global_step
         out = self.model.loss(
-            batch["pixels"], batch["action"], direction_generator(self.cfg.seed, step, TRAIN_STREAM)
+            batch["pixels"],
+            batch["action"],
+            direction_generator(self.cfg.seed, step, TRAIN_STREAM),
+            proprio=batch.get("proprio"),
         )
         finite = self.trainer.strategy.reduce_boolean_decision(
             bool(torch.isfinite(out["loss"])), all=True
@@ -132,6 +135,7 @@ class WorldModelModule(pl.LightningModule):
                 batch["pixels"],
                 batch["action"],
                 direction_generator(self.cfg.seed, batch_idx, VAL_STREAM),
+                proprio=batch.get("proprio"),
             )
         m = self.cfg.model
         self.log_dict(
