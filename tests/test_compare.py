@@ -15,12 +15,7 @@ from typer.testing import CliRunner
 from lewm.baselines.dinowm_config import RANDOM_ENCODER_LABEL as RANDOM_ENCODER
 from lewm.cli import app
 from lewm.config import preset
-from lewm.report.compare import (
-    compare,
-    compare_runs,
-    loss_roughness,
-    wilson_interval,
-)
+from lewm.report.compare import compare, compare_runs, loss_roughness
 from lewm.sweep import folder_name, parse_seeds, split_grid, sweep
 
 runner = CliRunner()
@@ -68,16 +63,6 @@ def make_run(
             "plan_seconds_per_env": 0.25,
         }))
     return folder
-
-
-def test_wilson_interval_matches_known_values():
-    # Computed by hand from the Wilson formula with z = 1.959964.
-    assert wilson_interval(45, 50) == pytest.approx((0.786398, 0.956524), abs=1e-5)
-    assert wilson_interval(5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-5)
-    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.277533, abs=1e-5))
-    assert wilson_interval(10, 10) == (pytest.approx(0.722467, abs=1e-5), 1.0)
-    with pytest.raises(ValueError):
-        wilson_interval(3, 0)
 
 
 def test_roughness_is_one_for_a_monotone_curve_and_higher_for_noise():

@@ -37,7 +37,8 @@ def store(tmp_path):
 
 
 def test_start_rows_leave_room_for_the_goal_in_the_same_episode(store):
-    rows = sample_start_rows(store, np.arange(3), goal_offset=25, count=20, seed=0)
+    rows, solved = sample_start_rows(store, np.arange(3), goal_offset=25, count=20, seed=0)
+    assert solved == 0  # nobody asked
     assert np.all(np.diff(rows) > 0)
     episode = np.searchsorted(store.ep_offset, rows, side="right") - 1
     assert 1 not in episode  # 11 rows: too short for a goal 25 steps ahead
@@ -46,10 +47,33 @@ def test_start_rows_leave_room_for_the_goal_in_the_same_episode(store):
 
 
 def test_start_rows_depend_on_seed_only(store):
-    a = sample_start_rows(store, np.arange(3), 25, 10, seed=1)
-    b = sample_start_rows(store, np.arange(3), 25, 10, seed=1)
-    c = sample_start_rows(store, np.arange(3), 25, 10, seed=2)
+    a, _ = sample_start_rows(store, np.arange(3), 25, 10, seed=1)
+    b, _ = sample_start_rows(store, np.arange(3), 25, 10, seed=1)
+    c, _ = sample_start_rows(store, np.arange(3), 25, 10, seed=2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_solved_starts_are_counted_and_replaced_from_the_same_draw(store):
+    plain, _ = sample_start_rows(store, np.arange(3), 25, 10, seed=1)
+    # Nothing solved: exactly the reference's draw.
+    same, found = sample_start_rows(store, np.arange(3), 25, 10, seed=1, solved=lambda r: False)
+    assert np.array_equal(same, plain) and found == 0
+    bad = set(plain[::3].tolist())  # four of the ten drawn starts already at their goal
+    kept, found = sample_start_rows(store, np.arange(3), 25, 10, seed=1,
+                                    solved=lambda r: r in bad)
+    assert found == 4 and len(kept) == 10 and not bad & set(kept.tolist())
+    assert set(plain.tolist()) - bad <= set(kept.tolist())  # the others stay
+    again, _ = sample_start_rows(store, np.arange(3), 25, 10, seed=1, solved=lambda r: r in bad)
+    assert np.array_equal(kept, again)
+    # Kept, but counted, when exclusion is off.
+    both, found = sample_start_rows(store, np.arange(3), 25, 10, seed=1,
+                                    solved=lambda r: r in bad, exclude=False)
+    assert np.array_equal(both, plain) and found == 4
+
+
+def test_too_few_unsolved_starts_is_a_clear_error(store):
+    with pytest.raises(ValueError, match="exclude_solved_starts=false"):
+        sample_start_rows(store, np.arange(3), 25, 15, seed=0, solved=lambda r: r % 2 == 0)
 
 
 def test_too_few_start_rows_is_a_clear_error(store):
@@ -130,3 +154,28 @@ def test_evaluation_without_a_writer_writes_only_its_result(tmp_path, small_run,
                            progress=False)
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
     assert json.loads(path.read_text())["settings"]["eval"]["gifs"] == 0
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_starts_already_at_their_goal_are_replaced_or_succeed_at_once(
+    tmp_path, small_run, tworoom_file, exclude
+):
+    """A goal five steps ahead is, for most TwoRoom starts, already within reach (16 px)."""
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    cfg = EvalConfig(episodes=4, goal_offset=5, budget=5, gifs=0, batch=4, split="all",
+                     exclude_solved_starts=exclude)
+    result, path = evaluate_run(run, tworoom_file, cfg, solver="random", device="cpu",
+                                name="s", progress=False)
+    saved = json.loads(path.read_text())
+    assert saved["settings"]["eval"]["exclude_solved_starts"] is exclude
+    assert saved["solved_starts"] == result.solved_starts > 0
+    at_once = [e for e in result.episodes if e.steps_to_success == 0]
+    if exclude:
+        assert not at_once
+    else:
+        assert len(at_once) == result.solved_starts and all(e.success for e in at_once)
+    successes = sorted(e.steps for e in result.episodes if e.success)
+    if successes:
+        assert result.steps_to_success_median == pytest.approx(float(np.median(successes)))
+    assert all((e.steps_to_success is None) != e.success for e in result.episodes)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -184,36 +183,60 @@ def evaluate(
         Path | None, typer.Option(help="Dataset with start/goal states (default: the run's).")
     ] = None,
     overrides: Overrides = None,
-    episodes: Annotated[int, typer.Option(help="Start/goal pairs to evaluate.")] = 50,
-    split: Annotated[str, typer.Option(help="Episodes to draw pairs from: val|train|all.")] = "val",
+    episodes: Annotated[
+        int | None, typer.Option(help="Start/goal pairs to evaluate (default: the run's "
+                                 "eval.episodes, 50 unless changed).", show_default=False),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Episodes to draw pairs from: val|train|all (default: "
+                                 "the run's eval.split).", show_default=False),
+    ] = None,
     solver: Annotated[
         str | None,
         typer.Option(help="cem | icem | mppi | gradient, or random for the no-model floor "
                      "(default: the run's plan.solver). Tune with plan.* overrides."),
     ] = None,
-    batch: Annotated[int, typer.Option(help="Environments planned together in one call.")] = 10,
+    batch: Annotated[
+        int | None, typer.Option(help="Environments planned together in one call (default: "
+                                 "the run's eval.batch).", show_default=False),
+    ] = None,
     seed: Seed = 42,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Evaluate K pair sets, seeds SEED..SEED+K-1, and report "
+                          "their mean with 95% intervals (Wilson per set and pooled, Student-t "
+                          "across sets)."),
+    ] = 1,
     device: Device = "auto",
     name: Annotated[
         str | None,
-        typer.Option(help="Result name: the folder RUN/eval/NAME/ (default SOLVER_seedS)."),
+        typer.Option(help="Result name: the folder RUN/eval/NAME/ (default SOLVER_seedS; "
+                     "NAME_seedS with --seeds)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Goal-reaching evaluation (PROTOCOL.md): success rate and seconds per plan."""
-    from lewm.config import EvalConfig
-    from lewm.plan.evaluate import evaluate_run
+    """Goal-reaching evaluation (PROTOCOL.md): success rate with its 95% interval, steps to
+    success, starts already at their goal, and seconds per plan.
+
+    Starts from the run's saved eval section; --episodes, --split, --batch and any
+    eval.FIELD=VALUE or plan.FIELD=VALUE override change it for this evaluation."""
+    from lewm.plan.evaluate import evaluate_seeds
     from lewm.report.gif import write_episode_gif
 
-    def go() -> Any:
-        if episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {episodes}")
-        eval_cfg = dataclasses.replace(EvalConfig(), episodes=episodes, split=split, batch=batch)
-        return evaluate_run(run, data, eval_cfg, overrides, solver, seed, device, name, progress,
-                            media=write_episode_gif)
+    flags = {"episodes": episodes, "split": split, "batch": batch}
+    given = [f"eval.{k}={v}" for k, v in flags.items() if v is not None]
 
-    result, path = _guarded(go)
-    print_eval(result.to_dict(), path)
+    def go() -> Any:
+        return evaluate_seeds(
+            run, list(range(seed, seed + seeds)), name, data=data, overrides=[*given,
+            *(overrides or [])], solver=solver, device=device, progress=progress,
+            media=write_episode_gif,
+        )  # fmt: skip
+
+    runs, summary, summary_path = _guarded(go)
+    for result, path in runs:
+        print_eval(result.to_dict(), path)
+    if summary_path is not None:
+        print_seeds(summary, summary_path)
 
 
 def print_eval(result: dict[str, Any], path: Path) -> None:
@@ -223,14 +246,17 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
     table = Table(
         title=f"{s['env']}: {model}, {s['solver']} on {len(result['episodes'])} episodes"
     )
-    table.add_column("success rate", justify="right")
+    table.add_column("success [95% Wilson]", justify="right")
+    table.add_column("median steps to success", justify="right")
     table.add_column("s per plan call (mean / median)", justify="right")
     table.add_column("envs per call", justify="right")
     table.add_column("s per env-plan", justify="right")
     mean, median = result["plan_seconds_mean"], result["plan_seconds_median"]
     per_env, size = result["plan_seconds_per_env"], result["envs_per_call_mean"]
+    steps = result.get("steps_to_success_median")
     table.add_row(
-        f"{100 * result['success_rate']:.1f}%",
+        _rate(sum(e["success"] for e in result["episodes"]), len(result["episodes"])),
+        "-" if steps is None else f"{steps:g}",
         "-" if mean is None else f"{mean:.3f} / {median:.3f}",
         "-" if size is None else f"{size:.1f}",
         "-" if per_env is None else f"{per_env:.3f}",
@@ -239,7 +265,42 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
     if result.get("compile_seconds") is not None:
         console.print(f"plan.compile: {result['compile_seconds']:.1f} s compiling, not in the "
                       "plan times")  # fmt: skip
+    solved = result.get("solved_starts", 0)
+    if solved:
+        kept = "evaluated" if not s["eval"].get("exclude_solved_starts", True) else "replaced"
+        console.print(f"{solved} drawn start(s) already satisfied the goal: {kept} "
+                      "(eval.exclude_solved_starts)")  # fmt: skip
     console.print(f"results: {path}\nGIFs: {path.parent}/")
+
+
+def _rate(successes: int, n: int) -> str:
+    from lewm.stats import wilson_interval
+
+    lo, hi = wilson_interval(successes, n)
+    return f"{100 * successes / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({successes}/{n})"
+
+
+def print_seeds(summary: dict[str, Any], path: Path) -> None:
+    """Several pair seeds side by side, then what they say together."""
+    table = Table(title=f"{summary['sets']} pair seeds")
+    table.add_column("pair seed")
+    table.add_column("success [95% Wilson]", justify="right")
+    table.add_column("median steps to success", justify="right")
+    for row in summary["per_seed"]:
+        steps = row["steps_to_success_median"]
+        table.add_row(str(row["seed"]), _rate(row["successes"], row["episodes"]),
+                      "-" if steps is None else f"{steps:g}")  # fmt: skip
+    pooled = summary["pooled"]
+    table.add_row("pooled", _rate(pooled["successes"], pooled["episodes"]), "")
+    lo, hi = summary["mean_t95"]
+    table.add_row(
+        "mean over seeds",
+        f"{100 * summary['mean_rate']:.1f}% ± {100 * summary['std_rate']:.1f} sd "
+        f"[{100 * lo:.1f}, {100 * hi:.1f}] (t, 95%)",
+        "",
+    )
+    console.print(table)
+    console.print(f"summary: {path}")
 
 
 @app.command()

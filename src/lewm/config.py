@@ -221,6 +221,7 @@ class EvalConfig:
     split: str = "val"
     gifs: int = 4
     batch: int = 10
+    exclude_solved_starts: bool = True
 
     def validate(self, section: str = "eval") -> None:
         """Refuse an evaluation of no episodes or steps, which would report a success rate

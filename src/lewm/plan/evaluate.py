@@ -7,7 +7,7 @@ import json
 import re
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from lewm.envs import get_env_spec, proprio_columns
 from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remove_stale_parts
 from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.plan.solvers import SOLVER_NAMES
+from lewm.stats import across_sets, wilson_interval
 
 # (observations (N,H,W,3), goals (N,H,W,3), episode indices, proprio=None) -> raw actions
 # (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair, (N, P) each.
@@ -41,6 +42,9 @@ SPLITS = ("val", "train", "all")
 # An evaluation is one folder, RUN/eval/NAME/, holding this file and its GIFs: it is swapped in
 # whole, so the JSON and the GIFs beside it always come from the same evaluation.
 RESULT = "result.json"
+# What several pair seeds of one evaluation say together (see evaluate_seeds); a folder that
+# holds it and no RESULT is not itself an evaluation.
+SUMMARY = "summary.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
 
@@ -56,12 +60,16 @@ def check_result_name(name: str) -> str:
 
 @dataclass
 class EpisodeOutcome:
+    """``steps`` are the env steps taken; ``steps_to_success`` the same for a success and
+    None otherwise, so that a reader never averages the budget of failures into it."""
+
     index: int
     episode: int
     start_row: int
     success: bool
     steps: int
     plans: int
+    steps_to_success: int | None = None
 
 
 @dataclass
@@ -69,10 +77,14 @@ class EvalResult:
     """``plan_seconds_*`` time one planning call, which plans ``envs_per_call_mean``
     environments at once; ``plan_seconds_per_env`` is planning time per environment-plan.
     ``plan_flops_*`` count one environment's plan (see :func:`lewm.plan.mpc.plan_flops`).
-    With ``plan.compile``, the one-off compiles are in ``compile_seconds``, not in those."""
+    With ``plan.compile``, the one-off compiles are in ``compile_seconds``, not in those.
+    ``solved_starts`` counts the drawn pairs whose start already satisfied the goal: replaced
+    by other pairs with ``eval.exclude_solved_starts`` (the default), evaluated otherwise."""
 
     success_rate: float
     episodes: list[EpisodeOutcome]
+    steps_to_success_median: float | None = None
+    solved_starts: int = 0
     plan_seconds_mean: float | None = None
     plan_seconds_median: float | None = None
     plan_seconds_per_env: float | None = None
@@ -148,10 +160,21 @@ class RandomActor:
 
 
 def sample_start_rows(
-    store: EpisodeStore, episodes: np.ndarray, goal_offset: int, count: int, seed: int
-) -> np.ndarray:
+    store: EpisodeStore,
+    episodes: np.ndarray,
+    goal_offset: int,
+    count: int,
+    seed: int,
+    solved: Callable[[int], bool] | None = None,
+    exclude: bool = True,
+) -> tuple[np.ndarray, int]:
     """Distinct start rows with a goal ``goal_offset`` rows later in the same episode, drawn
-    the way the reference does (``default_rng(seed).choice`` over the valid rows, sorted)."""
+    the way the reference does (``default_rng(seed).choice`` over the valid rows, sorted),
+    and how many drawn rows ``solved`` says already satisfy their goal.
+
+    With ``exclude``, each of those is replaced by further draws from the same generator
+    among the rows not drawn yet, so that a set without solved starts is the reference's.
+    """
     valid = [
         np.arange(store.ep_offset[e], store.ep_offset[e] + store.ep_len[e] - goal_offset)
         for e in episodes
@@ -163,8 +186,29 @@ def sample_start_rows(
             f"{store.path}: only {len(rows)} start rows have a goal {goal_offset} steps later "
             f"in the chosen episodes; need {count} (lower --episodes or use more data)"
         )
-    pick = np.random.default_rng(seed).choice(len(rows), count, replace=False)
-    return np.sort(rows[pick])
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(len(rows), count, replace=False)
+    if solved is None:
+        return np.sort(rows[drawn]), 0
+    flags = [solved(int(rows[i])) for i in drawn]
+    kept = [int(i) for i, done in zip(drawn, flags, strict=True) if not (exclude and done)]
+    found = sum(flags)
+    unused = np.setdiff1d(np.arange(len(rows)), drawn)
+    while len(kept) < count:
+        if unused.size == 0:
+            raise ValueError(
+                f"{store.path}: only {len(kept)} start rows with a goal {goal_offset} steps "
+                f"later are not already at their goal; need {count} (lower --episodes, use "
+                "more data or set eval.exclude_solved_starts=false)"
+            )
+        more = rng.choice(unused, min(count - len(kept), unused.size), replace=False)
+        unused = np.setdiff1d(unused, more)
+        for i in more:
+            if solved(int(rows[i])):
+                found += 1
+            else:
+                kept.append(int(i))
+    return np.sort(rows[kept]), found
 
 
 def run_protocol(
@@ -178,9 +222,10 @@ def run_protocol(
     progress: bool = True,
     media: EpisodeMedia | None = None,
     proprio_keys: tuple[str, ...] = (),
-) -> tuple[float, list[EpisodeOutcome]]:
+) -> EvalResult:
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
-    (one planning call per replanning step for all of them); returns (rate, outcomes).
+    (one planning call per replanning step for all of them); returns their outcomes (the
+    planner's timings are the caller's to add).
 
     With ``media`` and ``media_dir``, the frames of the first ``cfg.gifs`` episodes are
     handed to ``media`` to write into ``media_dir``; without, no frames are kept. With
@@ -190,9 +235,17 @@ def run_protocol(
     spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
         raise ValueError(f"eval.batch must be >= 1, got {cfg.batch}")
-    starts = sample_start_rows(store, episodes, cfg.goal_offset, cfg.episodes, seed)
+    envs = [spec.make(store.image_size) for _ in range(min(cfg.batch, cfg.episodes))]
+
+    def solved(row: int) -> bool:
+        state = spec.read_state(store, np.array([row, row + cfg.goal_offset]))
+        envs[0].reset(options={"state": state[0], "goal_state": state[1]})
+        return bool(envs[0].is_success())
+
+    starts, solved_starts = sample_start_rows(
+        store, episodes, cfg.goal_offset, cfg.episodes, seed, solved, cfg.exclude_solved_starts
+    )
     ep_of_row = np.searchsorted(store.ep_offset, starts, side="right") - 1
-    envs = [spec.make(store.image_size) for _ in range(min(cfg.batch, len(starts)))]
     outcomes: list[EpisodeOutcome] = []
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("evaluating", total=len(starts))
@@ -219,8 +272,13 @@ def run_protocol(
             done = sum(o.success for o in outcomes)
             bar.update(task, advance=len(ids),
                        description=f"evaluating ({done}/{len(outcomes)} reached)")
-    rate = sum(o.success for o in outcomes) / len(outcomes)
-    return rate, outcomes
+    steps = [o.steps_to_success for o in outcomes if o.steps_to_success is not None]
+    return EvalResult(
+        success_rate=sum(o.success for o in outcomes) / len(outcomes),
+        episodes=outcomes,
+        steps_to_success_median=statistics.median(steps) if steps else None,
+        solved_starts=solved_starts,
+    )
 
 
 def _lockstep(
@@ -231,8 +289,11 @@ def _lockstep(
     """Episodes ``ids`` from reset to success or budget; a finished environment is frozen
     and leaves the planning batch. ``recorder`` (folder, writer) receives the frames of the
     episodes whose index is below ``cfg.gifs``. ``proprio`` (N, 2, P) holds each episode's
-    current and goal proprioception; the current one follows the environment's ``info``."""
-    steps, plans, success = [0] * len(ids), [0] * len(ids), [False] * len(ids)
+    current and goal proprioception; the current one follows the environment's ``info``.
+    Success counts at any step, the start included (a solved start kept by
+    ``eval.exclude_solved_starts=false`` succeeds in 0 steps)."""
+    steps, plans = [0] * len(ids), [0] * len(ids)
+    success = [bool(envs[k].is_success()) for k in range(len(ids))]
     # Copies: obs is overwritten in place step by step.
     frames = {
         k: [obs[k].copy()] for k, i in enumerate(ids) if recorder is not None and i < cfg.gifs
@@ -259,7 +320,8 @@ def _lockstep(
             tag = "ok" if success[k] else "fail"
             media(folder, f"episode_{ids[k]:03d}_{tag}", kept, goal[k].copy())
     return [
-        EpisodeOutcome(i, episodes[k], start_rows[k], success[k], steps[k], plans[k])
+        EpisodeOutcome(i, episodes[k], start_rows[k], success[k], steps[k], plans[k],
+                       steps[k] if success[k] else None)
         for k, i in enumerate(ids)
     ]
 
@@ -290,8 +352,9 @@ def evaluate_run(
     and the episodes' media when ``media`` is given).
 
     ``solver`` is one of the planning solvers, or ``random`` for the no-model floor;
-    ``None`` keeps the run's ``plan.solver``. ``overrides`` are ``key=value`` for the
-    ``eval.`` and ``plan.`` sections (a bare key is a ``plan.`` one). Returns the result and
+    ``None`` keeps the run's ``plan.solver``. ``eval_cfg`` replaces the run's saved eval
+    section (``None`` starts from it). ``overrides`` are ``key=value`` for the ``eval.`` and
+    ``plan.`` sections; a bare key is the section's that has the field. Returns the result and
     the path of its JSON, ``RUN_DIR/eval/<name>/result.json``. Two evaluations of one name at
     once are refused; an interrupted one leaves the previous result of that name as it was.
 
@@ -312,8 +375,7 @@ def evaluate_run(
         cfg.eval = eval_cfg
     if solver not in (None, "random"):
         cfg.plan.solver = solver  # before the overrides: their check depends on the solver
-    apply_overrides(cfg, [o if o.startswith(("plan.", "eval.")) else f"plan.{o}"
-                          for o in overrides or []])
+    apply_overrides(cfg, [_section(o) for o in overrides or []])
     solver = solver or cfg.plan.solver
     if solver not in (*SOLVER_NAMES, "random"):
         raise ValueError(
@@ -370,12 +432,12 @@ def evaluate_run(
         remove_stale_parts(target)
         with atomic_folder(target, replace=True) as staging:
             # The media go into the staging folder: they appear with their JSON or not at all.
-            rate, outcomes = run_protocol(
+            result = run_protocol(
                 store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media,
                 proprio_keys,
             )  # fmt: skip
-            result = _result(rate, outcomes, planner)
             if planner is not None:
+                _add_timings(result, planner)
                 flops = plan_flops(ckpt.model, m.image_size, cfg.plan, m.block_dim, torch_device)
                 result.plan_flops_per_plan = flops["plan"]
                 result.plan_flops_per_iteration = flops["iteration"]
@@ -394,17 +456,62 @@ def evaluate_run(
     return result, target / RESULT
 
 
-def _result(
-    rate: float, outcomes: list[EpisodeOutcome], planner: MPCPlanner | None
-) -> EvalResult:
-    """The outcomes with the planner's timings (none for the random floor)."""
-    result = EvalResult(success_rate=rate, episodes=outcomes)
-    if planner is not None:
-        calls, sizes = planner.call_seconds, planner.call_sizes
-        result.plan_seconds_mean = statistics.fmean(calls)
-        result.plan_seconds_median = statistics.median(calls)
-        result.plan_seconds_per_env = sum(calls) / sum(sizes)
-        result.envs_per_call_mean = statistics.fmean(sizes)
-        if planner.compiled_rollout is not None:
-            result.compile_seconds = planner.compile_seconds
-    return result
+_EVAL_FIELDS = frozenset(f.name for f in fields(EvalConfig))
+
+
+def _section(override: str) -> str:
+    """``budget=10`` → ``eval.budget=10``, ``samples=8`` → ``plan.samples=8``: evaluation
+    overrides never reach the model or training sections."""
+    if override.startswith(("plan.", "eval.")):
+        return override
+    key = override.split("=", 1)[0].strip()
+    return f"eval.{override}" if key in _EVAL_FIELDS else f"plan.{override}"
+
+
+def evaluate_seeds(
+    run_dir: str | Path, seeds: list[int], name: str | None = None, **kwargs: Any
+) -> tuple[list[tuple[EvalResult, Path]], dict[str, Any], Path | None]:
+    """One evaluation per pair seed (``RUN/eval/<name>_seed<S>/`` or the default names),
+    then what they say together (:func:`lewm.stats.across_sets`), written to
+    ``RUN/eval/<name or solver>_seeds<first>-<last>/summary.json`` when there are several.
+    ``kwargs`` go to :func:`evaluate_run`."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds}: expected one or more distinct pair seeds")
+    runs = []
+    for seed in seeds:
+        label = name if name is None or len(seeds) == 1 else f"{name}_seed{seed}"
+        runs.append(evaluate_run(run_dir, seed=seed, name=label, **kwargs))
+    if len(seeds) == 1:
+        return runs, {}, None
+    counts = [(sum(e.success for e in r.episodes), len(r.episodes)) for r, _ in runs]
+    summary = {
+        "seeds": seeds,
+        "per_seed": [
+            {"seed": seed, "successes": s, "episodes": n, "rate": s / n,
+             "wilson95": list(wilson_interval(s, n)), "result": str(path),
+             "steps_to_success_median": r.steps_to_success_median,
+             "solved_starts": r.solved_starts}
+            for seed, (s, n), (r, path) in zip(seeds, counts, runs, strict=True)
+        ],
+        **across_sets(counts),
+        "settings": {k: v for k, v in runs[0][0].settings.items() if k != "seed"},
+    }  # fmt: skip
+    base = name or runs[0][0].settings["solver"]
+    folder = Path(run_dir) / "eval" / check_result_name(f"{base}_seeds{seeds[0]}-{seeds[-1]}")
+    folder.mkdir(exist_ok=True)
+    atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2))
+    return runs, summary, folder / SUMMARY
+
+
+def _add_timings(result: EvalResult, planner: MPCPlanner) -> None:
+    """The planner's timings (the random floor has none). An evaluation whose every start
+    was already solved never planned, and has no timings either."""
+    calls, sizes = planner.call_seconds, planner.call_sizes
+    if not calls:
+        return
+    result.plan_seconds_mean = statistics.fmean(calls)
+    result.plan_seconds_median = statistics.median(calls)
+    result.plan_seconds_per_env = sum(calls) / sum(sizes)
+    result.envs_per_call_mean = statistics.fmean(sizes)
+    if planner.compiled_rollout is not None:
+        result.compile_seconds = planner.compile_seconds

@@ -14,7 +14,6 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import matplotlib
@@ -24,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from lewm.io import atomic_path, atomic_write_text, read_json_object  # noqa: E402
 from lewm.report.summary import eval_results, kind_label  # noqa: E402
+from lewm.stats import wilson_interval  # noqa: E402
 
 CONFIG = "config.json"
 SUMMARY = "train_summary.json"
@@ -55,22 +55,6 @@ FOOTNOTES = (
     "re-exported a finished run). "
     "Emb rank / std and the final pred loss are the last logged values.",
 )
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion: unlike p ± z·se it stays inside
-    [0, 1] and keeps a sensible width at 0 or n successes, which small evaluations hit."""
-    if n <= 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n and n >= 1, got {successes}/{n}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave 1e-17 off it.
-    lo = 0.0 if successes == 0 else center - half
-    hi = 1.0 if successes == n else center + half
-    return lo, hi
 
 
 def moving_average(values: Sequence[float], window: int = SMOOTHING_WINDOW) -> list[float]:
