@@ -42,6 +42,7 @@ def test_collect_writes_a_valid_file(tmp_path):
             "seed": 5,
             "max_steps": spec.max_steps,
             "policy": "heuristic",
+            "render": "faithful",
         }
         assert set(spec.info_keys) <= set(store.columns)
         assert (store.ep_len >= 2).all() and (store.ep_len <= spec.max_steps + 1).all()

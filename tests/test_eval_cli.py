@@ -18,7 +18,7 @@ runner = CliRunner()
 BASE = ["--device", "cpu", "--no-progress", "--solver", "random"]
 # A value for every eval field, each unlike its default.
 CHANGED = {"episodes": 3, "goal_offset": 20, "budget": 7, "split": "all", "gifs": 1,
-           "batch": 2, "exclude_solved_starts": False}
+           "batch": 2, "exclude_solved_starts": False, "render": "fast"}
 
 
 @pytest.fixture()

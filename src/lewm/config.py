@@ -18,6 +18,7 @@ from typing import Any
 from lewm.baselines.dinowm_config import DinoWMConfig
 from lewm.baselines.pldm_config import PLDMConfig
 from lewm.config_checks import (
+    RENDER_MODES,
     ConfigError,
     at_least,
     field_types,
@@ -92,10 +93,15 @@ def switch_kind(model: AnyModelConfig, kind: str) -> AnyModelConfig:
 
 @dataclass
 class DataConfig:
+    """``render`` is how the training data's frames were drawn, read from the file by
+    training (files without the attribute, such as the released ones, are ``faithful``), so
+    that evaluation draws the environment the same way."""
+
     path: str = ""
     val_fraction: float = 0.1
     cache: str = "auto"
     num_workers: int = 0
+    render: str = "faithful"
 
     def validate(self, section: str = "data") -> None:
         """A validation split that exists and leaves training data (training needs both)."""
@@ -105,6 +111,10 @@ class DataConfig:
             "a fraction in (0, 1)",
         )  # fmt: skip
         at_least(section, self, 0, "num_workers")
+        require(
+            self.render in RENDER_MODES, f"{section}.render", self.render,
+            f"one of {', '.join(RENDER_MODES)}",
+        )  # fmt: skip
 
 
 @dataclass
@@ -222,12 +232,17 @@ class EvalConfig:
     gifs: int = 4
     batch: int = 10
     exclude_solved_starts: bool = True
+    render: str = ""
 
     def validate(self, section: str = "eval") -> None:
         """Refuse an evaluation of no episodes or steps, which would report a success rate
-        of nothing."""
+        of nothing. ``render`` empty means as the training data was drawn (``data.render``)."""
         at_least(section, self, 1, "episodes", "goal_offset", "budget", "batch")
         at_least(section, self, 0, "gifs")
+        require(
+            self.render in ("", *RENDER_MODES), f"{section}.render", self.render,
+            f"empty (as the training data) or one of {', '.join(RENDER_MODES)}",
+        )  # fmt: skip
 
 
 @dataclass

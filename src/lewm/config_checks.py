@@ -16,6 +16,11 @@ from typing import Any
 # The largest image side a model may take: every activation and the position embedding grow
 # with its square, and no LeWM environment renders more than a few hundred pixels.
 MAX_IMAGE_SIZE = 1024
+# How MuJoCo scenes are drawn: ``faithful`` as the released datasets were (shadows,
+# reflections, 4x multisampling), ``fast`` without those lighting effects (same geometry and
+# colours), about 10x cheaper with Mesa on a CPU. 2-D scenes have no such effects: both modes
+# draw them alike. Here because data and eval configs check it without loading environments.
+RENDER_MODES = ("faithful", "fast")
 # Training holds weights, gradients and Adam's two moments, four float32 copies: a model
 # whose weights alone take more than physical memory / TRAINING_COPIES cannot train here.
 TRAINING_COPIES = 4

@@ -63,7 +63,7 @@ def roll_policy(
     """
     cfg = ckpt.config
     spec = get_env_spec(cfg.env)
-    env = spec.make(cfg.model.image_size)
+    env = spec.make(cfg.model.image_size, render=cfg.data.render)  # as the model saw
     env.reset(seed=seed)
     policy = spec.make_policy(env, np.random.default_rng(seed))
     frames, raw = [env.render()], []

@@ -35,6 +35,7 @@ from lewm.data.replay import ReplaySource, replay_path
 from lewm.data.shards import find_shards, shard_path
 from lewm.data.store import EpisodeWriter
 from lewm.envs import EnvSpec, get_env_spec
+from lewm.envs.protocol import check_render
 from lewm.io import check_output_file, exclusive, lock_path, remove_stale_parts
 
 Episode = dict[str, np.ndarray]
@@ -62,14 +63,16 @@ class EpisodeRecorder:
     ``replay:FILE``, which re-runs that dataset's episodes from their start states.
     """
 
-    def __init__(self, env_name: str, resolution: int, policy: str | None = None) -> None:
+    def __init__(
+        self, env_name: str, resolution: int, policy: str | None = None, render: str = "faithful"
+    ) -> None:
         self.spec: EnvSpec = get_env_spec(env_name)
         source = replay_path(policy)
         self.replay = None if source is None else ReplaySource(source, self.spec)
         self.policy = None if source is not None else policy
         if self.replay is None:
             self.spec.policy_factory(self.policy)  # an unknown name fails before any work
-        self.env = self.spec.make(resolution)
+        self.env = self.spec.make(resolution, render=render)
 
     def __call__(self, seed: int, index: int) -> Episode:
         """Reset, then step until ``max_steps`` (or success or termination, where the
@@ -115,7 +118,7 @@ class EpisodeRecorder:
 _worker_recorder: EpisodeRecorder | None = None
 
 
-def _init_worker(env_name: str, resolution: int, policy: str | None) -> None:
+def _init_worker(env_name: str, resolution: int, policy: str | None, render: str) -> None:
     """Pool initializer: one environment per worker process.
 
     Workers ignore Ctrl-C so that only the parent reacts: it stops the pool and discards
@@ -124,7 +127,7 @@ def _init_worker(env_name: str, resolution: int, policy: str | None) -> None:
     global _worker_recorder
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # see _sigint_deferred
-    _worker_recorder = EpisodeRecorder(env_name, resolution, policy)
+    _worker_recorder = EpisodeRecorder(env_name, resolution, policy, render)
 
 
 def _worker_episode(job: tuple[int, int]) -> Episode:
@@ -134,8 +137,9 @@ def _worker_episode(job: tuple[int, int]) -> Episode:
 
 @contextmanager
 def _episodes(
-    env_name: str, resolution: int, policy: str | None, seed: int, indices: range, workers: int
-) -> Iterator[Iterator[Episode]]:
+    env_name: str, resolution: int, policy: str | None, render: str, seed: int, indices: range,
+    workers: int,
+) -> Iterator[Iterator[Episode]]:  # fmt: skip
     """The episodes ``indices`` in order, produced in this process or by a spawn pool.
 
     An environment is always built here first, even for a pool: a missing GL backend or a
@@ -143,7 +147,7 @@ def _episodes(
     that the pool would restart forever. The pool is terminated on the way out, whether
     the collection finished or not.
     """
-    recorder = EpisodeRecorder(env_name, resolution, policy)
+    recorder = EpisodeRecorder(env_name, resolution, policy, render)
     if recorder.replay is not None and indices.stop > len(recorder.replay):
         recorder.close()
         raise ValueError(
@@ -159,7 +163,7 @@ def _episodes(
     recorder.close()
     context = multiprocessing.get_context("spawn")
     with _sigint_deferred():
-        pool = context.Pool(workers, _init_worker, (env_name, resolution, policy))
+        pool = context.Pool(workers, _init_worker, (env_name, resolution, policy, render))
     with pool:
         yield _in_order(pool, seed, indices, window=2 * workers)
 
@@ -278,11 +282,14 @@ def collect(
     shard: tuple[int, int] | None = None,
     policy: str | None = None,
     overwrite: bool = False,
+    render: str = "faithful",
 ) -> Path:
     """Collect ``episodes`` episodes with a data policy into ``out``.
 
     ``policy`` names one of the environment's data policies (default: its first) or is
-    ``replay:FILE``: re-run the first ``episodes`` episodes of that dataset.
+    ``replay:FILE``: re-run the first ``episodes`` episodes of that dataset. ``render`` is
+    how MuJoCo scenes are drawn (``faithful`` like the released data, or ``fast``; see
+    :data:`lewm.envs.protocol.RENDER_MODES`), recorded in the file's ``render`` attribute.
 
     With ``shard=(i, n)`` only the i-th of n contiguous blocks of the episodes is recorded,
     into ``shard_path(out, i, n)`` (``data-0000i-of-0000n.h5``): n jobs of a cluster job
@@ -296,6 +303,7 @@ def collect(
     temporary file a killed one leaves is removed by the next collection of ``out``.
     """
     spec = get_env_spec(env_name)
+    render = check_render(render)
     if episodes < 1:
         raise ValueError(f"episodes={episodes}: expected at least 1")
     low, high = RESOLUTIONS
@@ -319,6 +327,7 @@ def collect(
         "seed": int(seed),
         "max_steps": int(spec.max_steps),
         "policy": policy or spec.default_policy,
+        "render": render,
     }
     indices = range(episodes)
     label = f"collect {spec.name}"
@@ -343,7 +352,7 @@ def collect(
         _only_writer(out, overwrite),
         EpisodeWriter(out, attrs=attrs) as writer,
         _episodes(
-            spec.name, resolution, policy, seed, indices, min(workers, len(indices))
+            spec.name, resolution, policy, render, seed, indices, min(workers, len(indices))
         ) as produced,
         _progress(progress) as bar,
     ):

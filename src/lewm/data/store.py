@@ -285,6 +285,12 @@ class EpisodeStore:
         return self._file
 
     @property
+    def render(self) -> str:
+        """How the frames were drawn (``lewm collect --render``); files that do not say,
+        such as the released ones, were drawn the faithful way."""
+        return str(self.attrs.get("render", "faithful"))
+
+    @property
     def cached(self) -> bool:
         """Whether ``pixels`` is served from RAM."""
         return "pixels" in self._ram

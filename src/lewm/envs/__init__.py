@@ -15,6 +15,7 @@ import numpy as np
 
 from lewm.envs.cube import CubeEnv, CubeOraclePolicy
 from lewm.envs.pusht import PushTEnv, PushTWeakPolicy
+from lewm.envs.pusht_pusher import PushTPusherPolicy
 from lewm.envs.reacher import ReacherEnv, ReacherOUPolicy, ReacherRandomPolicy
 from lewm.envs.tworoom import TwoRoomEnv, TwoRoomPolicy
 
@@ -27,6 +28,7 @@ __all__ = [
     "CubeOraclePolicy",
     "EnvSpec",
     "PushTEnv",
+    "PushTPusherPolicy",
     "PushTWeakPolicy",
     "ReacherEnv",
     "ReacherOUPolicy",
@@ -64,7 +66,7 @@ class EnvSpec:
     """
 
     name: str
-    make: Callable[[int], gymnasium.Env]
+    make: Callable[..., gymnasium.Env]
     policies: Mapping[str, PolicyFactory]
     max_steps: int
     frameskip: int
@@ -133,7 +135,7 @@ _SPECS: dict[str, EnvSpec] = {
     "pusht": EnvSpec(
         name="pusht",
         make=PushTEnv,
-        policies={"weak": PushTWeakPolicy},
+        policies={"weak": PushTWeakPolicy, "pusher": PushTPusherPolicy},
         max_steps=200,
         frameskip=5,
         action_dim=2,
@@ -193,5 +195,5 @@ def get_env_spec(name: str) -> EnvSpec:
         ) from None
 
 
-def make_env(name: str, resolution: int) -> gymnasium.Env:
-    return get_env_spec(name).make(resolution)
+def make_env(name: str, resolution: int, render: str = "faithful") -> gymnasium.Env:
+    return get_env_spec(name).make(resolution, render=render)

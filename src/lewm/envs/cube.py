@@ -21,7 +21,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm.envs.gl import ensure_gl_backend
-from lewm.envs.protocol import check_resolution, reset_options, state_vector
+from lewm.envs.protocol import check_render, check_resolution, reset_options, state_vector
 
 CAMERA = "front_pixels"
 CUBE_JOINT = "object_joint_0"
@@ -48,15 +48,28 @@ def _ogbench_cube(resolution: int) -> Any:
     )
 
 
+def _without_lighting_effects(scene: Any) -> None:
+    """render="fast": no shadows or reflections (MuJoCo is loaded by then)."""
+    import mujoco
+
+    scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+    scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+
 class CubeEnv(gymnasium.Env):
     """One cube to bring within 4 cm of a target position; orientation is not scored."""
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, resolution: int = 64) -> None:
+    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
         self.resolution = check_resolution(resolution)
+        self.render_quality = check_render(render)
         self.inner = _ogbench_cube(self.resolution)
         self.inner.reset(seed=0)
+        if self.render_quality == "fast":
+            # Read when OGBench makes its renderer, at the first render (the model is
+            # compiled once, by the reset above).
+            self.inner.model.vis.quality.offsamples = 0
         model = self.inner.model
         self._nq, self._nv = model.nq, model.nv
         adr = model.jnt_qposadr[model.joint(CUBE_JOINT).id]
@@ -154,6 +167,8 @@ class CubeEnv(gymnasium.Env):
         )
 
     def render(self) -> np.ndarray:
+        if self.render_quality == "fast":
+            return self.inner.render(camera=CAMERA, scene_callback=_without_lighting_effects)
         return self.inner.render(camera=CAMERA)
 
     def render_goal(self) -> np.ndarray:

@@ -6,7 +6,15 @@ from typing import Any
 
 import numpy as np
 
+from lewm.config_checks import RENDER_MODES
+
 RESET_OPTIONS = ("state", "goal_state")
+
+
+def check_render(render: Any) -> str:
+    if render not in RENDER_MODES:
+        raise ValueError(f"render mode {render!r}: expected one of {', '.join(RENDER_MODES)}")
+    return str(render)
 
 
 def check_resolution(resolution: Any) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import pymunk
 from gymnasium import spaces
 
-from lewm.envs.protocol import check_resolution, reset_options, start_and_goal
+from lewm.envs.protocol import check_render, check_resolution, reset_options, start_and_goal
 
 WORLD_SIZE = 512.0
 WALL_CORNERS = ((5.0, 5.0), (506.0, 5.0), (506.0, 506.0), (5.0, 506.0))
@@ -97,7 +97,7 @@ def _as_state(value: Any, name: str) -> np.ndarray:
     return state
 
 
-def _pose_vertices(polygon: tuple[tuple[float, float], ...], pose: np.ndarray) -> np.ndarray:
+def pose_vertices(polygon: tuple[tuple[float, float], ...], pose: np.ndarray) -> np.ndarray:
     """World vertices of a body-frame polygon for a body origin (x, y) and angle.
 
     float32, like the pixel grid: rasterising in single precision halves the frame cost
@@ -116,7 +116,7 @@ def _segment_distance(px: np.ndarray, py: np.ndarray, a: np.ndarray, b: np.ndarr
     return np.hypot(px - (a[0] + t * ab[0]), py - (a[1] + t * ab[1]))
 
 
-def _polygon_sdf(px: np.ndarray, py: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+def polygon_sdf(px: np.ndarray, py: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     """Signed distance to a convex polygon, negative inside, exact everywhere."""
     edges = list(zip(vertices, np.roll(vertices, -1, axis=0), strict=True))
     distance = np.min([_segment_distance(px, py, a, b) for a, b in edges], axis=0)
@@ -173,7 +173,8 @@ class PushTEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, resolution: int = 64) -> None:
+    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
+        self.render_quality = check_render(render)  # a 2-D scene: both modes draw alike
         self.resolution = check_resolution(resolution)
         self.render_mode = "rgb_array"
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -301,7 +302,7 @@ class PushTEnv(gymnasium.Env):
         px, py = canvas.grid(slice(0, n), slice(0, n))
         goal_t = np.asarray(GOAL_T_POSE)
         for polygon in (BAR, STEM):
-            sdf = _polygon_sdf(px, py, _pose_vertices(polygon, goal_t))
+            sdf = polygon_sdf(px, py, pose_vertices(polygon, goal_t))
             _paint(image, canvas.coverage(sdf), LIGHT_GREEN)
         for i in range(4):
             a, b = (np.asarray(WALL_CORNERS[j], dtype=np.float32) for j in (i, (i + 1) % 4))
@@ -323,7 +324,7 @@ class PushTEnv(gymnasium.Env):
             _paint(patch, canvas.coverage(r - AGENT_INNER_RADIUS), _lighter(ROYAL_BLUE))
             frame[rows, cols] = np.rint(patch).astype(np.uint8)
         pose = np.asarray(state[2:5], dtype=np.float64)
-        polygons = [_pose_vertices(p, pose) for p in (BAR, STEM)]
+        polygons = [pose_vertices(p, pose) for p in (BAR, STEM)]
         corners = np.concatenate(polygons)
         rows, cols = canvas.window(
             corners.min(axis=0) - OUTLINE_RADIUS, corners.max(axis=0) + OUTLINE_RADIUS
@@ -332,7 +333,7 @@ class PushTEnv(gymnasium.Env):
             px, py = canvas.grid(rows, cols)
             patch = frame[rows, cols].astype(np.float32)
             for vertices in polygons:
-                sdf = _polygon_sdf(px, py, vertices)
+                sdf = polygon_sdf(px, py, vertices)
                 _paint(patch, canvas.coverage(sdf), _lighter(LIGHT_SLATE_GRAY))
                 _paint(patch, canvas.band(sdf, OUTLINE_RADIUS), LIGHT_SLATE_GRAY)
             frame[rows, cols] = np.rint(np.clip(patch, 0, 255)).astype(np.uint8)

@@ -21,9 +21,17 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm.envs.gl import ensure_gl_backend
-from lewm.envs.protocol import check_resolution, reset_options, start_and_goal, state_vector
+from lewm.envs.protocol import (
+    check_render,
+    check_resolution,
+    reset_options,
+    start_and_goal,
+    state_vector,
+)
 
 ACTION_REPEAT = 2
+# What render="fast" turns off besides multisampling (dm_control's flag names).
+FAST_FLAGS = {"shadow": False, "reflection": False}
 SUCCESS_TOLERANCE = 0.05
 WRIST_LIMIT = np.deg2rad(160.0)
 TARGET_RADIUS = (0.05, 0.20)
@@ -54,9 +62,13 @@ class ReacherEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, resolution: int = 64) -> None:
+    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
         self.resolution = check_resolution(resolution)
+        self.render_quality = check_render(render)
         self.physics = _load_physics()
+        if self.render_quality == "fast":
+            # Read when the rendering context is made, at the first render.
+            self.physics.model.vis.quality.offsamples = 0
         self.physics.named.model.geom_rgba["target", 3] = 0.0
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float64)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(6,), dtype=np.float32)
@@ -142,7 +154,10 @@ class ReacherEnv(gymnasium.Env):
         self._goal = _as_state(goal, "goal_state")
 
     def render(self) -> np.ndarray:
-        return self.physics.render(self.resolution, self.resolution, camera_id=CAMERA)
+        flags = FAST_FLAGS if self.render_quality == "fast" else None
+        return self.physics.render(
+            self.resolution, self.resolution, camera_id=CAMERA, render_flag_overrides=flags
+        )
 
     def render_goal(self) -> np.ndarray:
         current = self.get_state()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from rich.progress import Progress
 
 from lewm.checkpoint import CheckpointError, load_checkpoint
-from lewm.config import EvalConfig, apply_overrides
+from lewm.config import EvalConfig, RunConfig, apply_overrides
 from lewm.data import EpisodeStore, open_store, split_episodes
 from lewm.data.clips import proprio_width
 from lewm.data.normalize import join_columns
@@ -222,6 +223,7 @@ def run_protocol(
     progress: bool = True,
     media: EpisodeMedia | None = None,
     proprio_keys: tuple[str, ...] = (),
+    render: str = "faithful",
 ) -> EvalResult:
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
     (one planning call per replanning step for all of them); returns their outcomes (the
@@ -235,7 +237,9 @@ def run_protocol(
     spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
         raise ValueError(f"eval.batch must be >= 1, got {cfg.batch}")
-    envs = [spec.make(store.image_size) for _ in range(min(cfg.batch, cfg.episodes))]
+    envs = [
+        spec.make(store.image_size, render=render) for _ in range(min(cfg.batch, cfg.episodes))
+    ]
 
     def solved(row: int) -> bool:
         state = spec.read_state(store, np.array([row, row + cfg.goal_offset]))
@@ -326,6 +330,22 @@ def _lockstep(
     ]
 
 
+def render_mode(cfg: RunConfig, store: EpisodeStore) -> str:
+    """How the environment is drawn: ``eval.render``, else as the training data was. Goals
+    are the data file's frames and the model learnt from the training file's, so a mode
+    unlike either is allowed but warned about, naming both."""
+    mode = cfg.eval.render or cfg.data.render
+    for what, theirs in (("the training data", cfg.data.render), (str(store.path), store.render)):
+        if theirs != mode:
+            warnings.warn(
+                f"the environment renders {mode!r} but {what} was rendered {theirs!r}: "
+                "observations will not look like the frames the model saw (eval.render / "
+                "--render chooses)",
+                stacklevel=3,
+            )
+    return mode
+
+
 def split_for_eval(store: EpisodeStore, split: str, val_fraction: float, seed: int) -> np.ndarray:
     """Episodes to draw start states from; ``val`` is the run's own held-out episodes."""
     if split == "all":
@@ -406,6 +426,7 @@ def evaluate_run(
     spec = get_env_spec(cfg.env)
     spec.require_state_columns(store.columns, store.path)
     store.require_finite(spec.state_keys)
+    render = render_mode(cfg, store)
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
     proprio_keys = proprio_columns(cfg)
@@ -434,7 +455,7 @@ def evaluate_run(
             # The media go into the staging folder: they appear with their JSON or not at all.
             result = run_protocol(
                 store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media,
-                proprio_keys,
+                proprio_keys, render,
             )  # fmt: skip
             if planner is not None:
                 _add_timings(result, planner)
@@ -445,6 +466,7 @@ def evaluate_run(
                 "run": str(Path(run_dir).resolve()),
                 "data": str(store.path),
                 "env": cfg.env,
+                "render": render,
                 "model": {"kind": m.kind, "note": m.note},
                 "solver": solver,
                 "seed": seed,

@@ -96,6 +96,7 @@ def prepare_config(cfg: RunConfig, store: EpisodeStore) -> RunConfig:
     spec = get_env_spec(cfg.env)
     cfg.model.action_dim = store.action_dim
     cfg.model.frameskip = spec.frameskip
+    cfg.data.render = store.render
     if cfg.model.uses_proprio:
         try:
             cfg.model.proprio_dim = proprio_width(store, spec.proprio_keys)
