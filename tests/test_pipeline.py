@@ -152,11 +152,12 @@ def test_planned_actions_are_in_raw_units(trained_run):
 
 
 def test_demo_runs_every_stage_and_summarises(tmp_path):
-    from lewm.demo import run_demo
+    from lewm.recipes import run_recipe
 
     fast = [*SMALL_MODEL, "train.max_steps=2", "plan.samples=16", "plan.elites=4",
             "plan.iterations=2"]
-    summary = run_demo(tmp_path, 12, 2, fast, seed=0, workers=1, device="cpu")
+    summary = run_recipe("tworoom", tmp_path, 0, 1, "cpu", 12, 2, fast,
+                         summary_name="demo_summary.json")
     stages = [s["stage"] for s in summary["stages"]]
     assert stages[:2] == ["collect", "train"] and stages[-1] == "total"
     assert set(summary["success_rates"]) == {"cem_seed42", "cem_seed43", "random_seed42",

@@ -1,0 +1,56 @@
+"""`lewm recipe`: each task's data, training and evaluation from one command, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+from conftest import SMALL_MODEL
+from typer.testing import CliRunner
+
+from lewm.cli import app
+from lewm.recipes import RECIPES
+
+runner = CliRunner()
+QUICK = [*SMALL_MODEL, "train.max_steps=2", "train.batch_size=8", "plan.samples=16",
+         "plan.elites=4", "plan.iterations=2"]
+
+
+def test_recipes_are_listed_with_what_they_measured():
+    result = runner.invoke(app, ["recipe"])
+    assert result.exit_code == 0, result.output
+    for name, recipe in RECIPES.items():
+        assert name in result.output
+        assert recipe.env == name
+
+
+def test_a_recipe_runs_every_stage_then_resumes(tmp_path):
+    out = tmp_path / "reacher"
+    args = ["recipe", "reacher", "--out", str(out), "--episodes", "3", "--eval-episodes", "2",
+            "--device", "cpu", *QUICK]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    data = out / "reacher_3ep_64px_seed0.h5"
+    with h5py.File(data) as f:
+        assert (f.attrs["render"], f.attrs["policy"]) == ("fast", "random")
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert summary["recipe"]["name"] == "reacher" and summary["recipe"]["episodes"] == 3
+    assert [s["stage"] for s in summary["stages"]][:2] == ["collect", "train"]
+    assert set(summary["success_rates"]) == {"cem_seed42", "cem_seed43", "random_seed42",
+                                             "random_seed43"}
+    assert summary["train"]["steps"] == 2
+    saved = json.loads((out / "run" / "config.json").read_text())
+    assert saved["data"]["render"] == "fast" and saved["env"] == "reacher"
+    modified = data.stat().st_mtime_ns
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert data.stat().st_mtime_ns == modified  # not collected again
+    assert json.loads((out / "recipe_summary.json").read_text())["train"]["steps_this_call"] == 0
+
+
+def test_an_unknown_recipe_or_no_folder_is_refused(tmp_path):
+    result = runner.invoke(app, ["recipe", "maze", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "unknown recipe 'maze'" in result.output
+    assert not (tmp_path / "m").exists()
+    result = runner.invoke(app, ["recipe", "cube"])
+    assert result.exit_code == 2 and "--out" in result.output
