@@ -225,6 +225,10 @@ def evaluate(
                      "NAME_seedS with --seeds)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    video: Annotated[
+        str, typer.Option(help="How the first eval.gifs episodes are written: gif, or mp4 "
+                          "(H.264, needs pip install 'lewm[video]').")
+    ] = "gif",
 ) -> None:
     """Goal-reaching evaluation (PROTOCOL.md): success rate with its 95% interval, steps to
     success, starts already at their goal, and seconds per plan.
@@ -233,7 +237,13 @@ def evaluate(
     eval.FIELD=VALUE or plan.FIELD=VALUE override change it for this evaluation."""
     from lewm.plan.evaluate import evaluate_seeds
     from lewm.report.gif import write_episode_gif
+    from lewm.report.video import require_pyav, write_episode_mp4
 
+    writers = {"gif": write_episode_gif, "mp4": write_episode_mp4}
+    if video not in writers:
+        _fail(f"--video {video!r}: expected gif or mp4")
+    if video == "mp4":
+        _guarded(require_pyav)
     flags = {"episodes": episodes, "split": split, "batch": batch, "render": render}
     given = [f"eval.{k}={v}" for k, v in flags.items() if v is not None]
 
@@ -241,7 +251,7 @@ def evaluate(
         return evaluate_seeds(
             run, list(range(seed, seed + seeds)), name, data=data, overrides=[*given,
             *(overrides or [])], solver=solver, device=device, progress=progress,
-            media=write_episode_gif,
+            media=writers[video],
         )  # fmt: skip
 
     runs, summary, summary_path = _guarded(go)
@@ -282,7 +292,7 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
         kept = "evaluated" if not s["eval"].get("exclude_solved_starts", True) else "replaced"
         console.print(f"{solved} drawn start(s) already satisfied the goal: {kept} "
                       "(eval.exclude_solved_starts)")  # fmt: skip
-    console.print(f"results: {path}\nGIFs: {path.parent}/")
+    console.print(f"results: {path}\nGIFs or videos: {path.parent}/")
 
 
 def _rate(successes: int, n: int) -> str:

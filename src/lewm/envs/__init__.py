@@ -17,6 +17,7 @@ from lewm.envs.cube import CubeEnv, CubeOraclePolicy
 from lewm.envs.pusht import PushTEnv, PushTWeakPolicy
 from lewm.envs.pusht_pusher import PushTPusherPolicy
 from lewm.envs.reacher import ReacherEnv, ReacherOUPolicy, ReacherRandomPolicy
+from lewm.envs.registration import register_envs
 from lewm.envs.tworoom import TwoRoomEnv, TwoRoomPolicy
 
 if TYPE_CHECKING:  # the run config only types a parameter here
@@ -197,3 +198,6 @@ def get_env_spec(name: str) -> EnvSpec:
 
 def make_env(name: str, resolution: int, render: str = "faithful") -> gymnasium.Env:
     return get_env_spec(name).make(resolution, render=render)
+
+
+register_envs()

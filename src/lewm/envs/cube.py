@@ -21,7 +21,13 @@ import numpy as np
 from gymnasium import spaces
 
 from lewm.envs.gl import ensure_gl_backend
-from lewm.envs.protocol import check_render, check_resolution, reset_options, state_vector
+from lewm.envs.protocol import (
+    check_render,
+    check_render_mode,
+    check_resolution,
+    reset_options,
+    state_vector,
+)
 
 CAMERA = "front_pixels"
 CUBE_JOINT = "object_joint_0"
@@ -59,11 +65,15 @@ def _without_lighting_effects(scene: Any) -> None:
 class CubeEnv(gymnasium.Env):
     """One cube to bring within 4 cm of a target position; orientation is not scored."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    # One step is OGBench's 0.05 s control step.
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
+    def __init__(
+        self, resolution: int = 64, render: str = "faithful", render_mode: str | None = "rgb_array"
+    ) -> None:
         self.resolution = check_resolution(resolution)
         self.render_quality = check_render(render)
+        self.render_mode = check_render_mode(render_mode)
         self.inner = _ogbench_cube(self.resolution)
         self.inner.reset(seed=0)
         if self.render_quality == "fast":

@@ -17,6 +17,15 @@ def check_render(render: Any) -> str:
     return str(render)
 
 
+def check_render_mode(render_mode: Any) -> str:
+    """gymnasium's ``render_mode``: every environment here draws ``rgb_array`` frames, since
+    pixels are what the world models see. ``None`` (gymnasium's "no preference") is taken as
+    that too; any other mode is refused rather than ignored."""
+    if render_mode not in (None, "rgb_array"):
+        raise ValueError(f"render_mode {render_mode!r}: only 'rgb_array' (or None) is supported")
+    return "rgb_array"
+
+
 def check_resolution(resolution: Any) -> int:
     """Images are square; below 8 px nothing of any scene survives."""
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):

@@ -21,7 +21,13 @@ import numpy as np
 import pymunk
 from gymnasium import spaces
 
-from lewm.envs.protocol import check_render, check_resolution, reset_options, start_and_goal
+from lewm.envs.protocol import (
+    check_render,
+    check_render_mode,
+    check_resolution,
+    reset_options,
+    start_and_goal,
+)
 
 WORLD_SIZE = 512.0
 WALL_CORNERS = ((5.0, 5.0), (506.0, 5.0), (506.0, 506.0), (5.0, 506.0))
@@ -173,10 +179,12 @@ class PushTEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
+    def __init__(
+        self, resolution: int = 64, render: str = "faithful", render_mode: str | None = "rgb_array"
+    ) -> None:
         self.render_quality = check_render(render)  # a 2-D scene: both modes draw alike
         self.resolution = check_resolution(resolution)
-        self.render_mode = "rgb_array"
+        self.render_mode = check_render_mode(render_mode)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(7,), dtype=np.float32)
         self._canvas = _Canvas(self.resolution)

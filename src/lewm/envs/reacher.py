@@ -23,6 +23,7 @@ from gymnasium import spaces
 from lewm.envs.gl import ensure_gl_backend
 from lewm.envs.protocol import (
     check_render,
+    check_render_mode,
     check_resolution,
     reset_options,
     start_and_goal,
@@ -60,11 +61,15 @@ def _load_physics() -> Any:
 class ReacherEnv(gymnasium.Env):
     """Torque-controlled two-link arm; the goal is a joint configuration (``qpos_match``)."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    # One step is two physics steps of 0.02 s.
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
 
-    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
+    def __init__(
+        self, resolution: int = 64, render: str = "faithful", render_mode: str | None = "rgb_array"
+    ) -> None:
         self.resolution = check_resolution(resolution)
         self.render_quality = check_render(render)
+        self.render_mode = check_render_mode(render_mode)
         self.physics = _load_physics()
         if self.render_quality == "fast":
             # Read when the rendering context is made, at the first render.

@@ -15,7 +15,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from lewm.envs.protocol import check_render, check_resolution, reset_options
+from lewm.envs.protocol import check_render, check_render_mode, check_resolution, reset_options
 
 WORLD_SIZE = 224.0
 BORDER_OUTER = (10.0, 214.0)
@@ -96,10 +96,12 @@ class TwoRoomEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     agent_color: tuple[int, int, int] = (255, 0, 0)
 
-    def __init__(self, resolution: int = 64, render: str = "faithful") -> None:
+    def __init__(
+        self, resolution: int = 64, render: str = "faithful", render_mode: str | None = "rgb_array"
+    ) -> None:
         self.render_quality = check_render(render)  # a 2-D scene: both modes draw alike
         self.resolution = check_resolution(resolution)
-        self.render_mode = "rgb_array"
+        self.render_mode = check_render_mode(render_mode)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Box(
             0.0, WORLD_SIZE, shape=(2 + 2 + 2 * MAX_DOORS,), dtype=np.float32

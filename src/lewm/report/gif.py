@@ -27,16 +27,18 @@ def side_by_side(*frames: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def enlarge(frames: Sequence[np.ndarray], scale: int = 0) -> list[np.ndarray]:
+    """Nearest-neighbour enlargement by ``scale`` (0: to ~256 px high): a 64-px frame is a
+    few centimetres on a screen, and smoothing would invent detail the model never saw."""
+    scale = scale or max(1, 256 // frames[0].shape[0])
+    return [np.repeat(np.repeat(f, scale, axis=0), scale, axis=1) for f in frames]
+
+
 def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10, scale: int = 0) -> Path:
     """Write frames as a looping GIF; small frames are enlarged (nearest) to ~256 px high."""
     if not frames:
         raise ValueError(f"{path}: no frames to write")
-    height = frames[0].shape[0]
-    scale = scale or max(1, 256 // height)
-    images = [
-        Image.fromarray(f).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
-        for f in frames
-    ]
+    images = [Image.fromarray(f) for f in enlarge(frames, scale)]
     path = Path(path)
     with atomic_path(path) as tmp:
         images[0].save(

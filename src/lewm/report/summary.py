@@ -45,6 +45,10 @@ class Page:
     def image(self, path: str, alt: str) -> None:
         self.blocks.append(("img", (path, alt)))
 
+    def video(self, path: str, alt: str) -> None:
+        """Played in the HTML page; Markdown has no video, so it links the file."""
+        self.blocks.append(("video", (path, alt)))
+
     def markdown(self) -> str:
         out = []
         for kind, value in self.blocks:
@@ -57,6 +61,8 @@ class Page:
                 lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                 lines += ["| " + " | ".join(r) + " |" for r in rows]
                 out.append("\n".join(lines))
+            elif kind == "video":
+                out.append(f"[{value[1]}]({value[0]})")
             else:
                 out.append(f"![{value[1]}]({value[0]})")
         return "\n\n".join(out) + "\n"
@@ -77,12 +83,16 @@ class Page:
                     for r in rows
                 )
                 out.append(f"<table><tr>{head}</tr>{body}</table>")
+            elif kind == "video":
+                src, alt = (html.escape(v, quote=True) for v in value)
+                out.append(f'<video src="{src}" title="{alt}" controls loop muted autoplay>'
+                           f'<a href="{src}">{alt}</a></video>')
             else:
                 src, alt = (html.escape(v, quote=True) for v in value)
                 out.append(f'<img src="{src}" alt="{alt}">')
         style = ("body{font-family:sans-serif;max-width:60em;margin:auto}"
                  "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-                 "img{max-width:100%}")
+                 "img,video{max-width:100%}")
         return (f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style>"
                 f"</head><body>{''.join(out)}</body></html>\n")
 
@@ -267,11 +277,13 @@ def _rollouts(page: Page, run: Path, plots: Path) -> None:
 
 
 def _gifs(page: Page, run: Path) -> None:
+    """Each evaluation's first episodes, as the GIFs or MP4 videos it wrote."""
     page.heading("Episodes (real | goal)")
-    gifs = [g for folder in sorted(run.glob("eval/*/")) if not folder.name.startswith(".")
-            for g in sorted(folder.glob("*.gif"))[:GIFS_PER_FOLDER]]
-    if not gifs:
-        _missing(page, "episode GIFs", "lewm eval RUN")
+    media = [m for folder in sorted(run.glob("eval/*/")) if not folder.name.startswith(".")
+             for m in sorted([*folder.glob("*.gif"), *folder.glob("*.mp4")])[:GIFS_PER_FOLDER]]
+    if not media:
+        _missing(page, "episode GIFs or videos", "lewm eval RUN")
         return
-    for gif in gifs:
-        page.image(gif.relative_to(run).as_posix(), f"{gif.parent.name} {gif.stem}")
+    for path in media:
+        show = page.video if path.suffix == ".mp4" else page.image
+        show(path.relative_to(run).as_posix(), f"{path.parent.name} {path.stem}")
