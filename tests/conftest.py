@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,20 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, tworoom_file: Path) -> P
     train(tworoom_file, run, resolve("tiny", SMALL_MODEL, {"train.max_steps": 2}),
           device="cpu", progress=False)
     return run
+
+
+# A Hugging Face cache entry built by hand (tests never download): one fake commit.
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def add_to_cache(cache: Path, repo: str, kind: str, files: dict[str, Path]) -> Path:
+    """``{cache}/{kind}s--owner--name/{refs/main, snapshots/COMMIT/…}``, as the library
+    writes it (files may be plain copies rather than links into blobs/)."""
+    root = cache / f"{kind}s--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(COMMIT)
+    snapshot = root / "snapshots" / COMMIT
+    for name, source in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, snapshot / name)
+    return snapshot

@@ -350,3 +350,27 @@ def test_cli_import_and_export(tmp_path):
     assert result.exit_code == 2
     assert "pass --env" in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_import_from_a_hub_repository_in_the_cache(tmp_path, monkeypatch):
+    from conftest import add_to_cache
+    from huggingface_hub import constants
+
+    src = write_official(tmp_path / "official", random_official(SMALL), SMALL)
+    data = write_data(tmp_path / "data.h5")
+    files = {name: src / name for name in ("weights.pt", "config.json")}
+    add_to_cache(tmp_path / "hub", "acme/lewm-toy", "model", files)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    args = ["import-checkpoint", "hf://acme/lewm-toy", "--data", str(data), "--env", "tworoom"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    import_official(src, tmp_path / "local", data, env="tworoom")
+    hub_run, local = load_checkpoint(tmp_path / "run"), load_checkpoint(tmp_path / "local")
+    for (k, a), (_, b) in zip(hub_run.model.state_dict().items(),
+                              local.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    missing = runner.invoke(app, ["import-checkpoint", "hf://acme/absent", "--data", str(data),
+                                  "--env", "tworoom", "--out", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "HF_HUB_OFFLINE" in missing.output
+    assert not (tmp_path / "none").exists()

@@ -432,9 +432,9 @@ def print_stages(title: str, summary: dict[str, Any]) -> None:
 
 def _register_extensions() -> None:
     """Commands that live beside their subject (analysis, interop) add themselves here."""
-    from lewm import cli_analysis, cli_compare, cli_interop
+    from lewm import cli_analysis, cli_compare, cli_decoder, cli_interop
 
-    for module in (cli_analysis, cli_interop, cli_compare):
+    for module in (cli_analysis, cli_interop, cli_compare, cli_decoder):
         module.register(app, console, _guarded)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lewm import hub
 from lewm.data.store import INDEX_COLUMNS, DataFileError, EpisodeStore, _cache_mode
 
 # Shard attributes that differ between the shards of one dataset; every other attribute
@@ -72,8 +73,10 @@ def open_store(path: str | os.PathLike[str], cache: str = "auto") -> EpisodeStor
     here, so a sharded collection is used unchanged wherever one file would be. ``path``
     that exists is always read as that one file; only a missing ``path`` with shard files
     beside it becomes a :class:`ShardedEpisodeStore`. Neither found: the plain store's
-    "no such file" error. ``cache`` is as for :class:`EpisodeStore`.
+    "no such file" error. ``cache`` is as for :class:`EpisodeStore`. An ``hf://`` path is a
+    file of a Hugging Face repository, read from the library's cache (:mod:`lewm.hub`).
     """
+    path = hub.resolve(path)
     if not Path(path).exists() and find_shards(path):
         return ShardedEpisodeStore(path, cache=cache)
     return EpisodeStore(path, cache=cache)

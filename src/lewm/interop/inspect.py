@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from lewm import hub
 from lewm.data.shards import find_shards
 from lewm.data.store import EPISODE_COLUMNS, DataFileError, EpisodeStore, unreadable
 
@@ -72,9 +72,10 @@ def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
 
     Raises DataFileError, with a one-line message, only for what cannot be inspected at all:
     a missing file, a folder, a file that is not HDF5, a truncated or corrupt one, or one
-    that another process holds open for writing.
+    that another process holds open for writing. ``hf://`` files are read from the Hugging
+    Face cache (:mod:`lewm.hub`).
     """
-    path = Path(path)
+    path = hub.resolve(path)
     if not path.exists():
         if shards := find_shards(path):
             raise DataFileError(

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lewm import hub
 from lewm.checkpoint import first_nonfinite, load_checkpoint, load_tensors_only, save_checkpoint
 from lewm.config import ConfigError, ModelConfig, RunConfig, preset
 from lewm.data import Normalizer, open_store
@@ -371,7 +372,7 @@ def import_official(
     exist or be empty: overwriting another run's files would leave a folder that belongs to
     neither.
     """
-    src, out = Path(src), Path(out)
+    src, out = hub.resolve(src, folder=True), Path(out)
     if env is not None:
         get_env_spec(env)  # an unknown name is refused before any file is read
     official_cfg = _load_json(src / CONFIG)
@@ -390,7 +391,7 @@ def import_official(
                 f"checkpoint expects {model_cfg.image_size}x{model_cfg.image_size}"
             )
         norm = Normalizer.fit(store, ("action",))
-        data_path = str(store.path.resolve())
+        data_path = hub.record(data) if hub.is_hub_path(data) else str(store.path.resolve())
     weights = read_weights(src / WEIGHTS)
     state = from_official(weights, model_cfg, str(src / WEIGHTS))
     bad = first_nonfinite(weights)

@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lewm import hub
 from lewm.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from lewm.config import ConfigError, RunConfig
 from lewm.data import ClipDataset, EpisodeStore, Normalizer, open_store, split_episodes
@@ -293,7 +294,7 @@ def train(
     check_scaling(cfg.train, torch_device)
     store = open_store(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
-    cfg.data.path = str(Path(data).resolve())
+    cfg.data.path = hub.record(data)
     norm = Normalizer.fit(store, ("action", *proprio_columns(cfg)))
     loaders = _loaders(cfg, store, norm, per_rank_batch(cfg.train), torch_device)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
