@@ -51,7 +51,9 @@ def test_make_renders_at_the_resolution_and_check_env_passes(env_id, resolution)
         env.close()
 
 
-def test_make_refuses_what_the_constructor_refuses():
+def test_make_takes_gymnasium_render_modes_and_refuses_what_the_constructor_refuses():
+    for mode in ("rgb_array", None):  # None, gymnasium's "no preference", still draws frames
+        assert gymnasium.make("lewm/TwoRoom-v0", render_mode=mode).render_mode == "rgb_array"
     with pytest.raises(ValueError, match="render mode 'pretty'"):
         gymnasium.make("lewm/TwoRoom-v0", render="pretty")
     with pytest.raises(ValueError, match="resolution must be >= 8"):
@@ -104,3 +106,16 @@ def test_registration_loads_no_simulator_until_an_environment_is_made():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_pusht_reset_forgets_the_last_episodes_motion():
+    """What check_env's step-determinism check caught, when its unseeded random action
+    happened to push the block: a block still moving at reset drifted in the new episode."""
+    pushed, fresh = (gymnasium.make("lewm/PushT-v0", resolution=16) for _ in range(2))
+    pushed.reset(options={"state": [256.0, 235.0, 256.0, 256.0, 0.0]})
+    pushed.step(np.array([0.0, 0.5], dtype=np.float32))
+    assert np.linalg.norm(pushed.unwrapped.block.velocity) > 1.0  # the push left it moving
+    action = np.array([0.3, -0.2], dtype=np.float32)
+    for env in (pushed, fresh):
+        env.reset(seed=1)
+    np.testing.assert_array_equal(pushed.step(action)[0], fresh.step(action)[0])

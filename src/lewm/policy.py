@@ -51,7 +51,6 @@ class Policy:
         self.planner = planner
         self.config = config
         self.image_size = config.model.image_size
-        self.action_dim = config.model.action_dim
         self.generator = torch.Generator()
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None

@@ -222,9 +222,13 @@ class PushTEnv(gymnasium.Env):
 
         Both are always sampled, so later draws from ``np_random`` do not depend on which
         options were given; unknown option keys are rejected rather than silently ignored.
+        The physics starts afresh, as in the reference's reset: ``set_state`` sets no block
+        velocity, so a block still moving from the last episode would otherwise drift during
+        its physics step, and the same seed and actions would not give the same episode.
         """
         super().reset(seed=seed)
         options = reset_options(options)
+        self._build_space()
         goal = self._sample_state()
         start, goal = start_and_goal(options, self._sample_state(), goal)
         self.set_goal_state(goal)

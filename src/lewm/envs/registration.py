@@ -19,9 +19,9 @@ GYM_IDS: dict[str, tuple[str, str]] = {
 
 
 def register_envs() -> None:
-    """Register every id not yet registered as it would be now; safe to call any number of
-    times (``gymnasium.register`` warns when it overrides an id, so an unchanged one is
-    left alone).
+    """Register the four ids, leaving alone any already registered exactly so: an import,
+    a second import or a reload then neither raises nor warns (``gymnasium.register`` warns
+    whenever it overrides an id), while an id registered differently is restored.
 
     ``max_episode_steps`` is the episode length of the environment's collected data
     (``EnvSpec.max_steps``), so gymnasium's ``TimeLimit`` truncates where the data's episodes
