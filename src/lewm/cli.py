@@ -72,7 +72,8 @@ def collect(
     env: Annotated[str, typer.Argument(help=f"Environment: {', '.join(ENV_NAMES)}.")],
     episodes: Annotated[int, typer.Option(help="Number of episodes to record.")] = 1000,
     out: Annotated[
-        Path, typer.Option(help="Output HDF5 file (written atomically; must not exist yet).")
+        Path, typer.Option(help="Output dataset: an HDF5 .h5 file, or a .lance folder "
+                           "(written atomically; must not exist yet).")
     ] = Path("data.h5"),
     overwrite: Annotated[
         bool, typer.Option(help="Replace --out if it is an existing regular file.")
@@ -136,7 +137,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Training dataset (HDF5).")],
+    data: Annotated[
+        Path, typer.Option(help="Training dataset: .h5 file, .lance folder or hf:// path.")
+    ],
     out: Annotated[Path, typer.Option(help="Run folder; re-running resumes it.")],
     overrides: Overrides = None,
     preset: Preset = "tiny",

@@ -19,7 +19,11 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
     @app.command()
     def inspect(
         file: Annotated[
-            Path, typer.Argument(metavar="FILE", help="Episode file (.h5), e.g. tworoom.h5.")
+            Path,
+            typer.Argument(
+                metavar="FILE",
+                help="Episode file (.h5), e.g. tworoom.h5, or Lance dataset (.lance folder).",
+            ),
         ],
     ) -> None:
         """Episodes, columns, image size and action statistics of a dataset; flags layout
@@ -80,6 +84,38 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
                 )
             raise typer.Exit(1)
         console.print("[green]no layout problems found[/]")
+
+    @app.command()
+    def convert(
+        src: Annotated[
+            Path,
+            typer.Argument(
+                metavar="IN",
+                help="Dataset to read: an episode .h5 file (the official layout too; data.h5 "
+                "for a set of shards) or a Lance dataset (.lance folder).",
+            ),
+        ],
+        dst: Annotated[
+            Path,
+            typer.Argument(
+                metavar="OUT", help="Dataset to write: NAME.lance for Lance, NAME.h5 for HDF5."
+            ),
+        ],
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace OUT if it is a regular file or a Lance dataset.")
+        ] = False,
+    ) -> None:
+        """Convert a dataset between HDF5 and Lance (stable-worldmodel's format), losslessly:
+        every column, episode and attribute; frames are written to Lance as PNG."""
+        from lewm.data.convert import convert as convert_dataset
+        from lewm.data.shards import open_store
+
+        out = guarded(lambda: convert_dataset(src, dst, overwrite=overwrite, progress=True))
+        with open_store(out, cache="none") as store:
+            console.print(
+                f"wrote {out}: {store.num_episodes:,} episodes, {store.num_rows:,} rows, "
+                f"{len(store.columns)} columns"
+            )
 
     @app.command(name="import-checkpoint")
     def import_checkpoint(

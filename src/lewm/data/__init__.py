@@ -2,6 +2,7 @@
 
 from lewm.data.clips import ClipDataset, clip_starts, pixels_tensor, split_episodes
 from lewm.data.collect import collect
+from lewm.data.lance_store import LanceEpisodeStore
 from lewm.data.normalize import Normalizer
 from lewm.data.shards import ShardedEpisodeStore, find_shards, open_store, shard_path
 from lewm.data.store import DataFileError, EpisodeStore, EpisodeWriter
@@ -11,6 +12,7 @@ __all__ = [
     "DataFileError",
     "EpisodeStore",
     "EpisodeWriter",
+    "LanceEpisodeStore",
     "Normalizer",
     "ShardedEpisodeStore",
     "clip_starts",

@@ -31,6 +31,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from lewm.data.convert import via_hdf5
+from lewm.data.lance_store import is_lance_path
 from lewm.data.replay import ReplaySource, replay_path
 from lewm.data.shards import find_shards, shard_path
 from lewm.data.store import EpisodeWriter
@@ -294,7 +296,8 @@ def collect(
     With ``shard=(i, n)`` only the i-th of n contiguous blocks of the episodes is recorded,
     into ``shard_path(out, i, n)`` (``data-0000i-of-0000n.h5``): n jobs of a cluster job
     array write the n shards, and ``open_store(out)`` reads them as the whole collection.
-    Returns the path written.
+    Returns the path written. An ``out`` named ``*.lance`` is written as a Lance dataset
+    (:mod:`lewm.data.convert`).
 
     An existing ``out`` is replaced only with ``overwrite``, and only if it is a regular
     file that is not the dataset being replayed. The file is written atomically, by one
@@ -320,6 +323,16 @@ def collect(
     if seed < 0:
         raise ValueError(f"seed={seed}: expected a non-negative integer")
     out = Path(out)
+    if is_lance_path(out):  # episodes go to HDF5 as they come, then one conversion
+        if shard is not None:
+            raise ValueError(
+                f"{out}: shards are written as HDF5; collect them to "
+                f"{out.with_suffix('.h5').name}, then `lewm convert` the whole to Lance"
+            )
+        _refuse_replay_source(out, policy)
+        return via_hdf5(out, overwrite, lambda tmp: collect(
+            env_name, episodes, tmp, resolution, seed, workers, progress, None, policy, True,
+            render))  # fmt: skip
     attrs = {
         "env": spec.name,
         "resolution": int(resolution),

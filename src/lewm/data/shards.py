@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lewm import hub
+from lewm.data.lance_store import LanceEpisodeStore, is_lance_path
 from lewm.data.store import INDEX_COLUMNS, DataFileError, EpisodeStore, _cache_mode
 
 # Shard attributes that differ between the shards of one dataset; every other attribute
@@ -75,8 +76,14 @@ def open_store(path: str | os.PathLike[str], cache: str = "auto") -> EpisodeStor
     beside it becomes a :class:`ShardedEpisodeStore`. Neither found: the plain store's
     "no such file" error. ``cache`` is as for :class:`EpisodeStore`. An ``hf://`` path is a
     file of a Hugging Face repository, read from the library's cache (:mod:`lewm.hub`).
+
+    A Lance dataset (a ``.lance`` folder, or any folder with Lance's ``_versions/`` inside)
+    becomes a :class:`~lewm.data.lance_store.LanceEpisodeStore`, as does any other folder,
+    whose error then says what a dataset folder should hold.
     """
-    path = hub.resolve(path)
+    path = hub.resolve(path, folder=is_lance_path(path))
+    if is_lance_path(path) or path.is_dir():
+        return LanceEpisodeStore(path, cache=cache)
     if not Path(path).exists() and find_shards(path):
         return ShardedEpisodeStore(path, cache=cache)
     return EpisodeStore(path, cache=cache)

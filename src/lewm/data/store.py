@@ -295,6 +295,12 @@ class EpisodeStore:
         """Whether ``pixels`` is served from RAM."""
         return "pixels" in self._ram
 
+    @property
+    def worker_start(self) -> str | None:
+        """How DataLoader workers that read this store must start: None for the platform's
+        default (fork on Linux), which an HDF5 store survives by reopening per process."""
+        return None
+
     def read(self, column: str, rows: np.ndarray | slice) -> np.ndarray:
         """Rows of one column, in the order given (indices may repeat or be unsorted).
 

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
 from lewm import hub
+from lewm.data.lance_store import LanceEpisodeStore, is_lance_path
 from lewm.data.shards import find_shards
-from lewm.data.store import EPISODE_COLUMNS, DataFileError, EpisodeStore, unreadable
+from lewm.data.store import (
+    EPISODE_COLUMNS,
+    INDEX_COLUMNS,
+    DataFileError,
+    EpisodeStore,
+    unreadable,
+)
 
 # HDF5 filter ids → names people know them by (32001 needs hdf5plugin).
 _FILTER_NAMES = {1: "gzip", 2: "shuffle", 3: "fletcher32", 32000: "lzf", 32001: "blosc"}
@@ -71,11 +79,12 @@ def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
     """Contents and layout problems of an episode file.
 
     Raises DataFileError, with a one-line message, only for what cannot be inspected at all:
-    a missing file, a folder, a file that is not HDF5, a truncated or corrupt one, or one
-    that another process holds open for writing. ``hf://`` files are read from the Hugging
+    a missing file, a file that is not HDF5, a truncated or corrupt one, or one that another
+    process holds open for writing. A folder is inspected as a Lance dataset, which is
+    refused the same way when lewm cannot read it. ``hf://`` files are read from the Hugging
     Face cache (:mod:`lewm.hub`).
     """
-    path = hub.resolve(path)
+    path = hub.resolve(path, folder=is_lance_path(path))
     if not path.exists():
         if shards := find_shards(path):
             raise DataFileError(
@@ -84,7 +93,7 @@ def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
             )
         raise DataFileError(f"{path}: no such file")
     if path.is_dir():
-        raise DataFileError(f"{path}: is a folder, expected an episode .h5 file")
+        return _inspect_lance(path)
     if not h5py.is_hdf5(path):
         raise DataFileError(f"{path}: not an HDF5 file (expected an episode .h5 file)")
     report = DatasetReport(path=str(path))
@@ -97,6 +106,32 @@ def inspect_dataset(path: str | os.PathLike[str]) -> DatasetReport:
         EpisodeStore(path, cache="none").close()
     except DataFileError as exc:
         report.problems.append(f"lewm cannot read it: {exc}")
+    return report
+
+
+def _inspect_lance(path: Path) -> DatasetReport:
+    """What a Lance dataset holds. Lance has no chunks or HDF5 filters to report, only how
+    frames are encoded (the platform's JPEG is lossy); a dataset lewm cannot read is refused
+    with the store's own one-line message, as the store checks what the HDF5 checks here do."""
+    with LanceEpisodeStore(path, cache="none") as store:
+        lengths = store.ep_len
+        report = DatasetReport(
+            path=str(path),
+            env=store.env_name,
+            episodes=store.num_episodes,
+            rows=store.num_rows,
+            episode_length=(int(lengths.min()), float(lengths.mean()), int(lengths.max())),
+            episode_column=store.episode_column,
+            image_shape=(store.image_size, store.image_size),
+        )
+        for name in store.columns:
+            part = store.read(name, slice(0, 0))
+            rows = store.num_episodes if name in INDEX_COLUMNS else store.num_rows
+            shape = (rows, *part.shape[1:])
+            encoding = store.encoding(name)
+            report.columns.append(ColumnInfo(name, shape, str(part.dtype), None, encoding))
+        action = store.read("action", slice(None))
+        _action_statistics(action, report, store.ep_len, store.ep_offset)
     return report
 
 

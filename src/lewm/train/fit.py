@@ -193,6 +193,7 @@ def _loaders(
             shuffle=shuffle,
             drop_last=True,
             num_workers=cfg.data.num_workers,
+            multiprocessing_context=store.worker_start if cfg.data.num_workers else None,
             persistent_workers=cfg.data.num_workers > 0,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),

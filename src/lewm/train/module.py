@@ -15,6 +15,7 @@ from torch import nn
 from lewm.config import RunConfig
 from lewm.data import find_shards, open_store, pixels_tensor
 from lewm.data.clips import frame_rows, heldout_episodes
+from lewm.hub import is_hub_path
 from lewm.model.diagnostics import (
     active_dims,
     batch_statistics,
@@ -171,7 +172,7 @@ class WorldModelModule(pl.LightningModule):
         if self._straight_frames is None:
             self._straight_frames = []
             path = self.cfg.data.path
-            if path and (Path(path).is_file() or find_shards(path)):
+            if path and (is_hub_path(path) or Path(path).exists() or find_shards(path)):
                 with open_store(path, cache="none") as store:
                     for episode in heldout_episodes(self.cfg, store)[:STRAIGHTNESS_EPISODES]:
                         rows = frame_rows(store, int(episode), self.cfg.model.frameskip)
