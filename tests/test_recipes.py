@@ -27,7 +27,7 @@ def test_recipes_are_listed_with_what_they_measured():
 def test_a_recipe_runs_every_stage_then_resumes(tmp_path):
     out = tmp_path / "reacher"
     args = ["recipe", "reacher", "--out", str(out), "--episodes", "3", "--eval-episodes", "2",
-            "--device", "cpu", *QUICK]
+            "--device", "cpu", "--no-progress", *QUICK]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     data = out / "reacher_3ep_64px_seed0.h5"

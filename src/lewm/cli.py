@@ -399,6 +399,7 @@ def recipe(
     ] = None,
     eval_episodes: Annotated[int, typer.Option(help="Evaluation pairs per seed.")] = 50,
     device: Device = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """A task from nothing to a success rate on a laptop: collect, train the tiny preset,
     evaluate CEM and the random floor on pair seeds 42 and 43. Re-running resumes."""
@@ -417,7 +418,7 @@ def recipe(
         _fail("--out DIR is required to run a recipe")
     summary = _guarded(
         lambda: run_recipe(name, out, seed, workers, device, episodes, eval_episodes,
-                           overrides or [])
+                           overrides or [], progress=progress)
     )
     print_stages(f"lewm recipe {name}", summary)
 

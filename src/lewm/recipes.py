@@ -82,6 +82,7 @@ def run_recipe(
     eval_episodes: int = 50,
     overrides: list[str] | None = None,
     summary_name: str = "recipe_summary.json",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Collect ``OUT/<env>_<N>ep_<R>px_seed<S>.h5`` (unless there), train ``OUT/run`` (or
     resume it) with the tiny preset for the recipe's steps, evaluate CEM and the random
@@ -97,7 +98,8 @@ def run_recipe(
     start = time.perf_counter()
     if not data.is_file():
         collect(recipe.env, episodes, data, resolution=recipe.resolution, seed=seed,
-                workers=workers, policy=recipe.policy, render=recipe.render)  # fmt: skip
+                workers=workers, policy=recipe.policy, render=recipe.render,
+                progress=progress)  # fmt: skip
     with open_store(data, cache="none") as store:
         frames = int(store.ep_len.sum())
     stages.append(_stage("collect", f"{episodes} episodes, {frames} frames", start))
@@ -107,7 +109,7 @@ def run_recipe(
         "tiny", [f"train.max_steps={recipe.steps}", *recipe.overrides, *(overrides or [])],
         {"seed": seed},
     )  # fmt: skip
-    summary = train(data, run_dir, cfg, device=device)
+    summary = train(data, run_dir, cfg, device=device, progress=progress)
     after = summary["heldout_after_bn_recalibration"]
     stages.append(_stage(
         "train",
@@ -122,7 +124,7 @@ def run_recipe(
             start = time.perf_counter()
             result, _ = evaluate_run(
                 run_dir, data, EvalConfig(episodes=eval_episodes), None, solver, pair_seed,
-                device, media=write_episode_gif,
+                device, progress=progress, media=write_episode_gif,
             )  # fmt: skip
             key = f"{solver}_seed{pair_seed}"
             evals[key] = result.success_rate
