@@ -280,7 +280,7 @@ def print_eval(result: dict[str, Any], path: Path) -> None:
     per_env, size = result["plan_seconds_per_env"], result["envs_per_call_mean"]
     steps = result.get("steps_to_success_median")
     table.add_row(
-        _rate(sum(e["success"] for e in result["episodes"]), len(result["episodes"])),
+        _rate(round(result["success_rate"] * len(result["episodes"])), len(result["episodes"])),
         "-" if steps is None else f"{steps:g}",
         "-" if mean is None else f"{mean:.3f} / {median:.3f}",
         "-" if size is None else f"{size:.1f}",
