@@ -18,7 +18,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +269,22 @@ def lock_path(path: str | os.PathLike[str]) -> Path:
     """The lock file that guards ``path``: a hidden sibling."""
     path = Path(path)
     return path.parent / f".{path.name}.lock"
+
+
+@contextlib.contextmanager
+def held_output(
+    path: Path, overwrite: bool, check: Callable[[Path, bool], None] = check_output_file
+) -> Iterator[None]:
+    """Hold ``path``'s lock while it is written, ``check`` it again under the lock (another
+    writer may have made it since the first check) and clear what killed writers left."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(lock_path(path), str(path)))
+        except OSError as exc:  # the lock is a hidden sibling; name the output asked for
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        check(path, overwrite)
+        remove_stale_parts(path)
+        yield
 
 
 def read_json_object(

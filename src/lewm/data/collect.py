@@ -8,7 +8,6 @@ be split into shards, one job each, whose episodes are exactly those of the whol
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import signal
@@ -38,7 +37,7 @@ from lewm.data.shards import find_shards, shard_path
 from lewm.data.store import EpisodeWriter
 from lewm.envs import EnvSpec, get_env_spec
 from lewm.envs.protocol import check_render
-from lewm.io import check_output_file, exclusive, lock_path, remove_stale_parts
+from lewm.io import check_output_file, held_output
 
 Episode = dict[str, np.ndarray]
 
@@ -362,7 +361,7 @@ def collect(
     # The bar starts last, once the environment exists: a setup error then prints alone.
     with (
         _interrupt_check() as check_interrupt,
-        _only_writer(out, overwrite),
+        held_output(out, overwrite),
         EpisodeWriter(out, attrs=attrs) as writer,
         _episodes(
             spec.name, resolution, policy, render, seed, indices, min(workers, len(indices))
@@ -400,18 +399,3 @@ def _refuse_replay_source(out: Path, policy: str | None) -> None:
         )
 
 
-@contextmanager
-def _only_writer(out: Path, overwrite: bool) -> Iterator[None]:
-    """Hold ``out``'s lock for the collection, then clear what killed writers left.
-
-    ``out`` is checked again under the lock: another collection may have written it since
-    the check before the lock, and without ``overwrite`` it must not be replaced.
-    """
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive(lock_path(out), str(out)))
-        except OSError as exc:  # the lock is a hidden sibling; name the file asked for
-            raise OSError(exc.errno, exc.strerror, str(out)) from None
-        check_output_file(out, overwrite)
-        remove_stale_parts(out)
-        yield

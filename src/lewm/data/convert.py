@@ -17,7 +17,6 @@ becomes the output only when complete, so an error or Ctrl-C leaves the old outp
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -52,9 +51,7 @@ from lewm.io import (
     atomic_folder,
     atomic_path,
     check_output_file,
-    exclusive,
-    lock_path,
-    remove_stale_parts,
+    held_output,
 )
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -108,20 +105,6 @@ def check_output(path: str | os.PathLike[str], overwrite: bool) -> None:
         raise FileExistsError(f"{path}: already exists; pass --overwrite to replace it")
 
 
-@contextlib.contextmanager
-def hold_output(path: Path, overwrite: bool) -> Iterator[None]:
-    """Hold ``path``'s lock while it is written, check it again under the lock (another
-    writer may have made it since), and clear what killed writers left beside it."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(exclusive(lock_path(path), str(path)))
-        except OSError as exc:  # the lock is a hidden sibling; name the output asked for
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        check_output(path, overwrite)
-        remove_stale_parts(path)
-        yield
-
-
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -138,7 +121,7 @@ def convert(
     with open_store(src, cache="none") as store:
         if dst.exists() and store.path.exists() and os.path.samefile(store.path, dst):
             raise ValueError(f"{dst}: is the dataset being converted; write to another path")
-        with hold_output(dst, overwrite):
+        with held_output(dst, overwrite, check_output):
             write_store(store, dst, progress)
     return dst
 
@@ -151,7 +134,7 @@ def via_hdf5(out: Path, overwrite: bool, write: Callable[[Path], Any]) -> Path:
     if this process is killed.
     """
     check_output(out, overwrite)
-    with hold_output(out, overwrite):
+    with held_output(out, overwrite, check_output):
         tmp = out.with_name(f".{out.name}.h5{PART}")
         try:
             write(tmp)
