@@ -28,6 +28,7 @@ from lewm.config_checks import (
 )
 from lewm.io import atomic_write_text, read_json_object
 from lewm.model.config import ModelConfig
+from lewm.track import parse_loggers
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -127,7 +128,9 @@ class TrainConfig:
     out. ``strategy`` is Lightning's: ``auto`` (one device) or ``ddp`` (one process per device,
     launched by ``lewm train`` itself, by torchrun or by SLURM). A step whose loss is NaN or inf is
     skipped and counted (``train/nonfinite_steps``); ``max_nonfinite`` such steps in a row stop
-    the run (0: never stop).
+    the run (0: never stop). ``logger`` lists Lightning loggers (csv, tensorboard, wandb,
+    mlflow; csv always, lewm's own tools read it); ``tracker_project`` is the W&B project and
+    the MLflow experiment. See :mod:`lewm.track`.
     """
 
     max_steps: int = 10_000
@@ -147,6 +150,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     max_nonfinite: int = 20
+    logger: str = "csv,tensorboard"
+    tracker_project: str = "lewm"
 
     def validate(self, section: str = "train") -> None:
         """Refuse settings that would train without bound, not at all, or into NaN weights
@@ -169,6 +174,9 @@ class TrainConfig:
             self.precision in TRAIN_PRECISIONS, f"{section}.precision", self.precision,
             f"one of {', '.join(TRAIN_PRECISIONS)}",
         )  # fmt: skip
+        parse_loggers(self.logger, f"{section}.logger")
+        require(bool(self.tracker_project.strip()), f"{section}.tracker_project",
+                self.tracker_project, "a W&B project / MLflow experiment name")  # fmt: skip
 
 
 @dataclass

@@ -27,6 +27,7 @@ from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remo
 from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.plan.solvers import SOLVER_NAMES
 from lewm.stats import across_sets, wilson_interval
+from lewm.track import log_to_run
 
 # (observations (N,H,W,3), goals (N,H,W,3), episode indices, proprio=None) -> raw actions
 # (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair, (N, P) each.
@@ -475,7 +476,22 @@ def evaluate_run(
                 "plan": asdict(cfg.plan),
             }
             result.save(staging / RESULT)
+    log_to_run(run_dir, _tracked(result, target.name), [target / RESULT], f"eval/{target.name}")
     return result, target / RESULT
+
+
+def _tracked(result: EvalResult, name: str) -> dict[str, float]:
+    """What a tracker shows of one evaluation: the rate with its interval, steps, timings."""
+    n = len(result.episodes)
+    successes = sum(e.success for e in result.episodes)
+    low, high = wilson_interval(successes, n) if n else (0.0, 0.0)
+    values = {
+        "success_rate": result.success_rate, "wilson95_low": low, "wilson95_high": high,
+        "solved_starts": result.solved_starts,
+        "steps_to_success_median": result.steps_to_success_median,
+        "plan_seconds_per_env": result.plan_seconds_per_env,
+    }  # fmt: skip
+    return {f"eval/{name}/{k}": float(v) for k, v in values.items() if v is not None}
 
 
 _EVAL_FIELDS = frozenset(f.name for f in fields(EvalConfig))
@@ -522,6 +538,11 @@ def evaluate_seeds(
     folder = Path(run_dir) / "eval" / check_result_name(f"{base}_seeds{seeds[0]}-{seeds[-1]}")
     folder.mkdir(exist_ok=True)
     atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2))
+    low, high = summary["mean_t95"]
+    log_to_run(run_dir, {
+        f"eval/{folder.name}/mean_rate": summary["mean_rate"],
+        f"eval/{folder.name}/mean_t95_low": low, f"eval/{folder.name}/mean_t95_high": high,
+    }, [folder / SUMMARY], f"eval/{folder.name}")  # fmt: skip
     return runs, summary, folder / SUMMARY
 
 

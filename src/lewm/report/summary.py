@@ -17,6 +17,7 @@ from typing import Any
 
 from lewm.io import atomic_write_text
 from lewm.report.plots import plot_curves, plot_rollout_error, plot_surprise
+from lewm.track import log_to_run
 
 PLOTS = "report_files"
 # Training metrics worth a panel, in reading order; others in the log are ignored.
@@ -151,7 +152,8 @@ def kind_label(config: dict[str, Any], summary: dict[str, Any] | None = None) ->
 
 
 def build_report(run_dir: str | Path) -> dict[str, Path]:
-    """Write report.md, report.html and their plots; returns the paths written."""
+    """Write report.md, report.html and their plots; returns the paths written. A run that
+    trains with a tracker (``train.logger``) gets the page and its figures there too."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ValueError(f"{run}: no such run folder")
@@ -172,6 +174,7 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     paths = {"markdown": run / "report.md", "html": run / "report.html"}
     atomic_write_text(paths["markdown"], page.markdown())
     atomic_write_text(paths["html"], page.html())
+    log_to_run(run, {}, [paths["html"], *sorted(plots.glob("*.png"))], "report")
     return paths
 
 

@@ -30,7 +30,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lewm import hub
@@ -48,6 +47,7 @@ from lewm.model.diagnostics import (
     embedding_std,
     recalibrate_batchnorm,
 )
+from lewm.track import closing_trackers, require_trackers, training_loggers
 from lewm.train.checkpoint_io import AtomicCheckpointIO, read_training_checkpoint
 from lewm.train.distributed import check_scaling, per_rank_batch
 from lewm.train.guard import NonFiniteLossError
@@ -293,6 +293,7 @@ def train(
         raise FileExistsError(f"{run_dir}: is a file, expected a run folder (--out)")
     torch_device = resolve_device(device)
     check_scaling(cfg.train, torch_device)
+    require_trackers(cfg.train.logger)
     store = open_store(data, cache=cfg.data.cache)
     cfg = prepare_config(cfg, store)
     cfg.data.path = hub.record(data)
@@ -330,6 +331,7 @@ def _fit(
     _quiet_lightning()
 
     t = cfg.train
+    loggers = training_loggers(run_dir, cfg, owner=_is_global_zero())
     trainer = pl.Trainer(
         accelerator=torch_device.type,
         devices=t.devices,
@@ -344,10 +346,7 @@ def _fit(
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
-        logger=[
-            CSVLogger(run_dir, name="logs"),
-            TensorBoardLogger(run_dir, name="tb", version=0),
-        ],
+        logger=loggers,
         callbacks=[
             ModelCheckpoint(
                 dirpath=ckpt_dir, filename="last", every_n_train_steps=t.ckpt_every,
@@ -362,7 +361,8 @@ def _fit(
     resume = str(last) if last.is_file() else None
     start = time.perf_counter()
     try:
-        trainer.fit(module, *loaders, ckpt_path=resume)
+        with closing_trackers(loggers):
+            trainer.fit(module, *loaders, ckpt_path=resume)
     except SystemExit:
         # Lightning turns Ctrl-C into exit status 1 after its own clean-up; lewm reports an
         # interrupt as one, with the status 130 every other command uses.
