@@ -71,6 +71,30 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, tworoom_file: Path) -> P
     return run
 
 
+# Pixel-decoder training few enough to take seconds on two busy cores: what the tests
+# check is the plumbing.
+DECODER_TRAIN = {"steps": 3, "batch_size": 8, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def decoded_run(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of the small run with a decoder trained a few steps, and its figures; copy it
+    before changing it. Trained on one thread, as test_decoder retrains it to compare
+    weights bit for bit (the thread count changes float sums)."""
+    import torch
+
+    from lewm.analysis.decoder import train_decoder
+
+    run = tmp_path_factory.mktemp("decoded") / "run"
+    shutil.copytree(small_run, run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run, train_decoder(run, **DECODER_TRAIN, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 # A Hugging Face cache entry built by hand (tests never download): one fake commit.
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DECODER_TRAIN as TRAIN
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -35,8 +36,6 @@ from lewm.data import open_store, pixels_tensor
 from lewm.data.clips import frame_rows, heldout_episodes
 
 runner = CliRunner()
-# Few enough to take seconds on two busy cores; what is tested is the plumbing.
-TRAIN = {"steps": 3, "batch_size": 8, "seed": 0}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -161,14 +160,6 @@ def test_a_model_without_one_embedding_per_frame_is_refused(tmp_path: Path) -> N
     save_decoder(run, PixelDecoder(32, 64, width=32, heads=4, mlp=64), seed=0, steps=0)
     with pytest.raises(ValueError, match=r"config.json: model.kind=dinowm has no model.embed_dim"):
         load_decoder(run)
-
-
-@pytest.fixture(scope="module")
-def decoded_run(small_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A copy of the small run with a decoder trained a few steps, and its figures."""
-    run = tmp_path_factory.mktemp("decoded") / "run"
-    shutil.copytree(small_run, run)
-    return run, train_decoder(run, **TRAIN, progress=False)
 
 
 def test_train_decoder_writes_weights_and_figures(decoded_run: tuple[Path, dict]) -> None:

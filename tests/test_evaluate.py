@@ -119,7 +119,8 @@ def test_evaluation_writes_gifs_through_the_report_writer(tmp_path, small_run, t
     cfg = EvalConfig(episodes=3, budget=5, gifs=2, batch=2, split="all")
     handed: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
 
-    def media(folder, stem, frames, goal):
+    def media(folder, stem, frames, goal, actions):
+        assert actions.shape == (len(frames) - 1, 2)
         handed[stem] = (frames, goal)
         return write_episode_gif(folder, stem, frames, goal)
 

@@ -65,7 +65,7 @@ def test_analysis_commands_and_report_write_their_files(run):
     text = (run / "report.md").read_text()
     for section in ("Probing", "agent_pos", "teleport", "Temporal straightening", "copy-last"):
         assert section in text
-    analyses = text.split("## Probing")[1].split("## Episodes")[0]
+    analyses = text.split("## Probing")[1].split("## Pixel decoder")[0]
     assert "No " not in analyses  # every analysis section is filled
     for png in ("training.png", "surprise_teleport.png", "rollout_error.png"):
         assert (run / "report_files" / png).stat().st_size > 0

@@ -232,6 +232,11 @@ def evaluate(
         str, typer.Option(help="How the first eval.gifs episodes are written: gif, or mp4 "
                           "(H.264, needs pip install 'lewm[video]').")
     ] = "gif",
+    imagined: Annotated[
+        bool, typer.Option(help="Draw real | imagined | goal, imagined being the decoded "
+                           "open-loop rollout of the executed actions; needs the run's "
+                           "decoder (lewm decoder RUN).")
+    ] = False,
 ) -> None:
     """Goal-reaching evaluation (PROTOCOL.md): success rate with its 95% interval, steps to
     success, starts already at their goal, and seconds per plan.
@@ -247,6 +252,12 @@ def evaluate(
         _fail(f"--video {video!r}: expected gif or mp4")
     if video == "mp4":
         _guarded(require_pyav)
+    media = writers[video]
+    if imagined:
+        from lewm.analysis.imagined import ImaginedMedia
+        from lewm.device import resolve_device
+
+        media = _guarded(lambda: ImaginedMedia(run, resolve_device(device), video))
     flags = {"episodes": episodes, "split": split, "batch": batch, "render": render}
     given = [f"eval.{k}={v}" for k, v in flags.items() if v is not None]
 
@@ -254,7 +265,7 @@ def evaluate(
         return evaluate_seeds(
             run, list(range(seed, seed + seeds)), name, data=data, overrides=[*given,
             *(overrides or [])], solver=solver, device=device, progress=progress,
-            media=writers[video],
+            media=media,
         )  # fmt: skip
 
     runs, summary, summary_path = _guarded(go)

@@ -45,6 +45,34 @@ def _store(ckpt: Any, data: Path | None) -> Any:
     return open_store(path, cache="none")
 
 
+def _check_video(video: str) -> None:
+    if video not in ("none", "gif", "mp4"):
+        raise ValueError(f"--video {video!r}: expected gif, mp4 or none")
+
+
+def _rollout_videos(
+    run: Path, ckpt: Any, store: Any, video: str, count: int, seed: int
+) -> list[str]:
+    """``count`` held-out episodes drawn with ``seed``, as real | imagined | goal, in
+    RUN/analysis/rollouts/; the decoder is checked before anything is drawn."""
+    import numpy as np
+
+    from lewm.analysis.decoder import load_decoder
+    from lewm.analysis.imagined import write_episode_videos
+    from lewm.data.clips import heldout_episodes
+    from lewm.model.protocol import model_device
+
+    if video == "mp4":
+        from lewm.report.video import require_pyav
+
+        require_pyav()
+    decoder = load_decoder(run, model_device(ckpt.model))
+    chosen = np.random.default_rng(seed).permutation(heldout_episodes(ckpt.config, store))
+    paths = write_episode_videos(ckpt, decoder, store, np.sort(chosen[:count]),
+                                 run / "analysis" / "rollouts", video)  # fmt: skip
+    return [str(p) for p in paths]
+
+
 def _write(run: Path, name: str, result: dict) -> Path:
     from lewm.io import atomic_write_text
 
@@ -168,14 +196,28 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         episodes: Episodes = 0,
         seed: Seed = 0,
         device: Device = "auto",
+        video: Annotated[
+            str, typer.Option(help="Also draw held-out episodes as real | imagined | goal "
+                              "(the decoded rollout of their recorded actions; needs lewm "
+                              "decoder RUN): gif, mp4 or none.")
+        ] = "none",
+        videos: Annotated[
+            int, typer.Option(min=1, help="Episodes drawn with --video, in "
+                              "RUN/analysis/rollouts/.")
+        ] = 2,
     ) -> None:
         """Open-loop latent rollout error vs horizon, next to copying the last embedding."""
         from lewm.analysis.rollout_error import run_rollout_error
 
-        result, path = guarded(lambda: _analyse(
-            run, device, data, "rollout_error.json",
-            lambda ckpt, store: run_rollout_error(ckpt, store, horizon, episodes, seed),
-        ))
+        def analysis(ckpt: Any, store: Any) -> dict:
+            result = run_rollout_error(ckpt, store, horizon, episodes, seed)
+            if video != "none":
+                result["videos"] = _rollout_videos(run, ckpt, store, video, videos, seed)
+            return result
+
+        guarded(lambda: _check_video(video))
+        result, path = guarded(lambda: _analyse(run, device, data, "rollout_error.json",
+                                                analysis))  # fmt: skip
         table = Table(title=f"rollout error on {result['starts']} starts "
                             f"({result['episodes']} held-out episodes)")
         for column in ("horizon", "LeWM latent MSE", "copy-last MSE"):
@@ -184,6 +226,8 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
             table.add_row(str(h), f"{m:.4f}", f"{c:.4f}")
         console.print(table)
         console.print(f"results: {path}")
+        for movie in result.get("videos", []):
+            console.print(f"real | imagined | goal: {movie}", highlight=False, soft_wrap=True)
 
     @app.command()
     def report(run: Run) -> None:

@@ -33,13 +33,14 @@ from lewm.track import log_to_run
 # (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair, (N, P) each.
 Actor = Callable[..., np.ndarray]
 Proprio = tuple[np.ndarray, np.ndarray]
-# (folder, file stem, frames, goal) -> anything: writes one evaluated episode's media into
-# folder, as files named stem plus a suffix of the writer's choosing. Frames are the episode's
-# rendered observations from its start on, each uint8 (H, W, 3); goal is its goal image.
-# Planning only hands the frames over: writing them is the report layer's job (plan/ never
-# imports report/), e.g. lewm.report.gif.write_episode_gif. The stem,
-# "episode_007_ok", names the episode's index in result.json and its outcome.
-EpisodeMedia = Callable[[Path, str, list[np.ndarray], np.ndarray], object]
+# (folder, file stem, frames, goal, actions) -> anything: writes one evaluated episode's media
+# into folder, as files named stem plus a suffix of the writer's choosing. Frames are the
+# episode's rendered observations from its start on, each uint8 (H, W, 3); goal is its goal
+# image; actions (len(frames) - 1, action_dim) are the raw actions executed between frames.
+# Planning only hands them over: writing them is the report layer's job (plan/ never imports
+# report/), e.g. lewm.report.gif.write_episode_gif. The stem, "episode_007_ok", names the
+# episode's index in result.json and its outcome.
+EpisodeMedia = Callable[[Path, str, list[np.ndarray], np.ndarray, np.ndarray], object]
 SPLITS = ("val", "train", "all")
 # An evaluation is one folder, RUN/eval/NAME/, holding this file and its GIFs: it is swapped in
 # whole, so the JSON and the GIFs beside it always come from the same evaluation.
@@ -303,6 +304,7 @@ def _lockstep(
     frames = {
         k: [obs[k].copy()] for k, i in enumerate(ids) if recorder is not None and i < cfg.gifs
     }
+    actions: dict[int, list[np.ndarray]] = {k: [] for k in frames}
     while active := [k for k in range(len(ids)) if not success[k] and steps[k] < cfg.budget]:
         pairs = None if proprio is None else (proprio[active, 0], proprio[active, 1])
         chunks = actor(obs[active], goal[active], [ids[k] for k in active], proprio=pairs)
@@ -316,6 +318,7 @@ def _lockstep(
                     proprio[k, 0] = join_columns(info, proprio_keys, 1)[0]
                 if k in frames:
                     frames[k].append(obs[k].copy())
+                    actions[k].append(np.asarray(action, dtype=np.float32))
                 if terminated or info["success"]:
                     success[k] = True
                     break
@@ -323,7 +326,10 @@ def _lockstep(
         folder, media = recorder
         for k, kept in frames.items():
             tag = "ok" if success[k] else "fail"
-            media(folder, f"episode_{ids[k]:03d}_{tag}", kept, goal[k].copy())
+            taken = np.stack(actions[k]) if actions[k] else np.zeros(
+                (0, *envs[k].action_space.shape), dtype=np.float32
+            )
+            media(folder, f"episode_{ids[k]:03d}_{tag}", kept, goal[k].copy(), taken)
     return [
         EpisodeOutcome(i, episodes[k], start_rows[k], success[k], steps[k], plans[k],
                        steps[k] if success[k] else None)
@@ -474,6 +480,7 @@ def evaluate_run(
                 "device": str(torch_device),
                 "eval": asdict(eval_cfg),
                 "plan": asdict(cfg.plan),
+                "media": getattr(media, "layout", "real | goal") if media else None,
             }
             result.save(staging / RESULT)
     log_to_run(run_dir, _tracked(result, target.name), [target / RESULT], f"eval/{target.name}")

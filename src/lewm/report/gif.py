@@ -49,9 +49,11 @@ def save_gif(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10, scal
 
 
 def write_episode_gif(
-    folder: Path, stem: str, frames: Sequence[np.ndarray], goal: np.ndarray
+    folder: Path, stem: str, frames: Sequence[np.ndarray], goal: np.ndarray,
+    actions: np.ndarray | None = None,
 ) -> Path:
-    """One evaluated episode as ``folder/stem.gif``: each real frame beside the goal image.
+    """One evaluated episode as ``folder/stem.gif``: each real frame beside the goal image
+    (the actions are not drawn; :class:`lewm.analysis.imagined.ImaginedMedia` uses them).
 
     The media writer that ``lewm eval`` hands to ``lewm.plan.evaluate.evaluate_run``
     (its ``EpisodeMedia``): planning passes the frames, the report layer draws them.

@@ -26,6 +26,9 @@ CURVES = (
     "val/straightness",
 )
 GIFS_PER_FOLDER = 2
+# What `lewm decoder` writes in the run folder (lewm.analysis.decoder.FIGURES, GIF_FOLDER;
+# named here so that a report does not import torch).
+DECODER_FIGURES, DECODER_GIFS = "decoder.json", "decoder"
 
 
 @dataclass
@@ -170,6 +173,7 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     _surprise(page, run, plots)
     _straightness(page, run)
     _rollouts(page, run, plots)
+    _decoder(page, run)
     _gifs(page, run)
     paths = {"markdown": run / "report.md", "html": run / "report.html"}
     atomic_write_text(paths["markdown"], page.markdown())
@@ -277,16 +281,42 @@ def _rollouts(page: Page, run: Path, plots: Path) -> None:
         for h, m, c in zip(r["horizons"], r["model"], r["copy_last"], strict=True)
     ])
     page.image(f"{PLOTS}/rollout_error.png", "rollout error vs horizon")
+    _media(page, run, sorted((run / "analysis" / "rollouts").glob("episode_*.*")),
+           "real | imagined | goal")
+
+
+def _decoder(page: Page, run: Path) -> None:
+    """The pixel decoder's held-out error and what it draws of held-out episodes."""
+    page.heading("Pixel decoder")
+    d = _load(run / DECODER_FIGURES)
+    if not d:
+        _missing(page, "pixel decoder", "lewm decoder RUN")
+        return
+    page.table(["decoder", "MSE", "PSNR (dB)"], [
+        [label, _fmt(d["mse"][key], 5), _fmt(d["psnr_db"][key], 2)]
+        for key, label in (("after", f"after {d['steps']} steps"),
+                           ("mean_frame", "mean training frame"))
+    ])  # fmt: skip
+    _media(page, run, sorted((run / DECODER_GIFS).glob("episode_*.gif")),
+           "real | imagined | reconstructed")
+
+
+def _media(page: Page, run: Path, paths: list[Path], layout: str) -> None:
+    for path in paths[:GIFS_PER_FOLDER]:
+        show = page.video if path.suffix == ".mp4" else page.image
+        show(path.relative_to(run).as_posix(), f"{layout}: {path.parent.name} {path.stem}")
 
 
 def _gifs(page: Page, run: Path) -> None:
-    """Each evaluation's first episodes, as the GIFs or MP4 videos it wrote."""
-    page.heading("Episodes (real | goal)")
-    media = [m for folder in sorted(run.glob("eval/*/")) if not folder.name.startswith(".")
-             for m in sorted([*folder.glob("*.gif"), *folder.glob("*.mp4")])[:GIFS_PER_FOLDER]]
-    if not media:
+    """Each evaluation's first episodes, as the GIFs or MP4 videos it wrote, captioned with
+    their layout (real | goal, or real | imagined | goal with ``lewm eval --imagined``)."""
+    page.heading("Episodes")
+    folders = [f for f in sorted(run.glob("eval/*/")) if not f.name.startswith(".")]
+    shown = False
+    for folder in folders:
+        media = sorted([*folder.glob("*.gif"), *folder.glob("*.mp4")])
+        settings = (_load(folder / "result.json") or {}).get("settings", {})
+        _media(page, run, media, settings.get("media", "real | goal"))
+        shown = shown or bool(media)
+    if not shown:
         _missing(page, "episode GIFs or videos", "lewm eval RUN")
-        return
-    for path in media:
-        show = page.video if path.suffix == ".mp4" else page.image
-        show(path.relative_to(run).as_posix(), f"{path.parent.name} {path.stem}")

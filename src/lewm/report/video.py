@@ -58,7 +58,8 @@ def read_mp4(path: str | Path) -> np.ndarray:
 
 
 def write_episode_mp4(
-    folder: Path, stem: str, frames: Sequence[np.ndarray], goal: np.ndarray
+    folder: Path, stem: str, frames: Sequence[np.ndarray], goal: np.ndarray,
+    actions: np.ndarray | None = None,
 ) -> Path:
     """One evaluated episode as ``folder/stem.mp4``, laid out as its GIF is (real | goal)."""
     return save_mp4([side_by_side(frame, goal) for frame in frames], Path(folder) / f"{stem}.mp4")
