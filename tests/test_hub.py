@@ -62,3 +62,59 @@ def test_training_on_a_hub_dataset_records_its_hub_name(offline_cache, tmp_path)
     assert saved["data"]["path"] == "hf://datasets/acme/toy/data/tworoom.h5"
     inspected = runner.invoke(app, ["inspect", "hf://datasets/acme/toy/data/tworoom.h5"])
     assert inspected.exit_code == 0, inspected.output
+
+
+class _FakeApi:
+    """Stands in for huggingface_hub.HfApi: records what would be uploaded."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        self.calls.append(("upload_folder", {**kwargs, "files": files}))
+        return "https://huggingface.co/me/ckpt/commit/abc"
+
+
+def test_export_checkpoint_pushes_the_exported_folder(small_run, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    import lewm.interop.official as official
+
+    # The small run's encoder is no official ViT size: register it as one for this test.
+    monkeypatch.setitem(official.VIT_SIZES, "micro", (32, 1, 2, 64))
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeApi)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _FakeApi.calls = []
+    out = tmp_path / "exported"
+    result = runner.invoke(app, ["export-checkpoint", str(small_run), "--out", str(out),
+                                 "--push", "hf://me/ckpt@dev/tiny"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (create, created), (upload, uploaded) = _FakeApi.calls
+    assert (create, created["repo_id"], created["exist_ok"]) == ("create_repo", "me/ckpt", True)
+    assert upload == "upload_folder" and uploaded["folder_path"] == str(out)
+    assert (uploaded["repo_id"], uploaded["revision"], uploaded["path_in_repo"]) == (
+        "me/ckpt", "dev", "tiny")
+    assert uploaded["files"] == ["config.json", "weights.pt"]
+    assert "commit/abc" in result.output
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [("me/ckpt", "expected hf://OWNER/REPO"), ("hf://datasets/me/d/x", "model repository")],
+)
+def test_a_bad_push_target_is_refused_before_exporting(small_run, tmp_path, target, says):
+    out = tmp_path / "exported"
+    result = runner.invoke(app, ["export-checkpoint", str(small_run), "--out", str(out),
+                                 "--push", target])  # fmt: skip
+    assert result.exit_code == 2 and says in result.output
+    assert "[@REVISION][/PATH]" in result.output  # printed as text, not read as markup
+    assert not out.exists()
+
+
+def test_pushing_offline_says_what_to_unset(tmp_path, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(hub.HubError, match="HF_HUB_OFFLINE is set; unset it to push"):
+        hub.push_folder(tmp_path, "hf://me/ckpt")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lewm.cli_options import Device, Seed
@@ -42,12 +43,15 @@ Preset = Annotated[
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote user paths and syntax like hf://OWNER/REPO[@REVISION][/PATH],
+    # which rich would otherwise read as markup (and fail on).
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 
 def _warn(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
-    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False,
+                  soft_wrap=True)
 
 
 def _guarded(fn: Callable[[], T]) -> T:

@@ -153,9 +153,21 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
             Path, typer.Argument(metavar="RUN_DIR", help="lewm run folder with a checkpoint.")
         ],
         out: Annotated[Path, typer.Option(help="New folder for weights.pt + config.json.")],
+        push: Annotated[
+            str | None,
+            typer.Option(help="Then upload it to hf://OWNER/REPO[@REVISION][/PATH] (created "
+                         "private if missing; needs HF_TOKEN or hf auth login).",
+                         show_default=False),
+        ] = None,
     ) -> None:
         """Write a lewm checkpoint in the official layout (weights.pt + config.json)."""
+        from lewm import hub
         from lewm.interop import export_official
 
+        if push is not None:
+            guarded(lambda: hub.push_target(push))
         count = guarded(lambda: export_official(run, out))
         console.print(f"wrote {out}: {count} tensors in weights.pt, config.json")
+        if push is not None:
+            commit = guarded(lambda: hub.push_folder(out, push))
+            console.print(f"pushed to {push}: {commit}", highlight=False, soft_wrap=True)

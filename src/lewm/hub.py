@@ -114,6 +114,38 @@ def record(path: str | os.PathLike[str]) -> str:
     return str(parse(path)) if is_hub_path(path) else str(Path(path).resolve())
 
 
+def push_target(target: str) -> HubPath:
+    """Where ``--push`` uploads, checked before anything is exported."""
+    if not is_hub_path(target):
+        raise HubError(f"--push {target}: expected hf://OWNER/REPO[@REVISION][/PATH]")
+    spec = parse(target)
+    if spec.repo_type != "model":
+        raise HubError(f"{target}: a checkpoint goes to a model repository, "
+                       "hf://OWNER/REPO[@REVISION][/PATH], not a dataset one")  # fmt: skip
+    return spec
+
+
+def push_folder(folder: str | os.PathLike[str], target: str | os.PathLike[str]) -> str:
+    """Upload ``folder``'s files to ``hf://OWNER/REPO[@REVISION][/PATH]`` (a model
+    repository, made private if it does not exist; its files land under PATH). Uses the
+    token huggingface_hub finds (``HF_TOKEN`` or ``hf auth login``). Returns the commit URL."""
+    spec = push_target(target)
+    hub = _hub()
+    if hub.constants.HF_HUB_OFFLINE:
+        raise HubError(f"{spec}: HF_HUB_OFFLINE is set; unset it to push")
+    api = hub.HfApi()
+    try:
+        api.create_repo(spec.repo_id, repo_type="model", private=True, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=spec.repo_id, repo_type="model", folder_path=str(folder),
+            path_in_repo=spec.path or None, revision=spec.revision,
+            commit_message=f"lewm export-checkpoint: {Path(folder).name}",
+        )  # fmt: skip
+    except Exception as exc:  # the library's errors: auth, network, revision
+        raise HubError(_explain(spec, exc, offline=False)) from None
+    return str(commit)
+
+
 def _explain(spec: HubPath, exc: Exception, offline: bool) -> str:
     """One line: what failed and what to check, from the library's exception class."""
     name = type(exc).__name__
