@@ -58,7 +58,9 @@ RECIPES: dict[str, Recipe] = {
     ),
     "cube": Recipe(
         env="cube", episodes=300, resolution=64, policy="oracle", render="fast",
-        steps=4000, overrides=(), measured="not measured yet",
+        steps=4000, overrides=(),
+        measured="54 min (collect 21 with other jobs on the cores, train 26); CEM 4% / 16% vs "
+        "random 8% / 8%: no better than the floor yet",
     ),
 }  # fmt: skip
 
