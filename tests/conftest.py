@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,15 @@ SMALL_DINOWM = [
     *[o for o in SMALL_MODEL if o.startswith("train.")],
 ]
 
+
+def ctrl_c_as_at_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test will Ctrl-C: a shell without job control
+    starts background commands with SIGINT ignored, Python then installs no Ctrl-C handler,
+    and a suite launched as ``(make test &)`` saw an interrupted collect run to the end
+    (exit 0). A user's Ctrl-C always reaches a process that listens for it, so the child
+    starts with SIGINT neither ignored nor blocked (a mask is inherited too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 @pytest.fixture(scope="session")
 def tworoom_file(tmp_path_factory: pytest.TempPathFactory) -> Path:

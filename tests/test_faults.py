@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_MODEL
+from conftest import SMALL_MODEL, ctrl_c_as_at_a_terminal
 
 from lewm.checkpoint import load_checkpoint
 from lewm.config import resolve
@@ -47,7 +47,8 @@ class Child:
         self.log = log
         self._out = open(log, "w")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen([*LEWM, *args], stdout=self._out,
-                                     stderr=subprocess.STDOUT, env=ENV)
+                                     stderr=subprocess.STDOUT, env=ENV,
+                                     preexec_fn=ctrl_c_as_at_a_terminal)
 
     @property
     def pid(self) -> int:

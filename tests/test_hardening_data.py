@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import ctrl_c_as_at_a_terminal
 from typer.testing import CliRunner
 
 from lewm.cli import app
@@ -395,7 +396,8 @@ def test_ctrl_c_is_quiet_and_keeps_the_old_file(tmp_path, workers):
     collect("tworoom", 1, out, resolution=64, progress=False)
     before = out.read_bytes()
     proc = lewm("collect", "tworoom", "--episodes", "5000", "--out", str(out), "--overwrite",
-                "--workers", workers, start_new_session=True)
+                "--workers", workers, start_new_session=True,
+                preexec_fn=ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if any(p.name.endswith(".part") for p in tmp_path.iterdir()):

@@ -48,9 +48,13 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         batch_size: Annotated[int, typer.Option(min=1, help="Frames per step.")] = 64,
         lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine decay).")]
         = 1e-3,
+        arch: Annotated[
+            str, typer.Option(help="conv (upsampling convolutions) or cross (the paper's "
+                                   "cross-attention decoder, BASELINES.md §6).")
+        ] = "conv",
         patch_size: Annotated[
-            int, typer.Option(min=0, help="Pixels per decoded patch side (0: 16 at >= 128 px, "
-                                          "else 8).")
+            int, typer.Option(min=0, help="--arch cross only: pixels per decoded patch side "
+                                          "(0: 16 at >= 128 px, else 8).")
         ] = 0,
         imagine_episodes: Annotated[
             int, typer.Option(min=0, help="Held-out episodes drawn as GIFs in RUN/decoder/.")
@@ -66,18 +70,21 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         def go() -> tuple[dict, list[Path]]:
             where = resolve_device(device)
             figures = train_decoder(run, steps, batch_size, lr, seed, where, progress,
-                                    patch_size or None)
+                                    patch_size or None, arch=arch)
             gifs = _imagination_gifs(run, where, imagine_episodes, seed) if imagine_episodes else []
             return figures, gifs
 
         figures, gifs = guarded(go)
-        table = Table(title=f"pixel decoder: {figures['heldout_frames']} held-out frames "
-                            f"({figures['heldout']})")
-        for column in ("decoder", "MSE", "PSNR (dB)"):
+        moving = figures["moving_pixels"]
+        table = Table(title=f"{figures['arch']} pixel decoder: {figures['heldout_frames']} "
+                            f"held-out frames ({figures['heldout']})")
+        for column in ("decoder", "MSE", "PSNR (dB)",
+                       f"MSE, moving pixels ({moving['fraction']:.1%})"):
             table.add_column(column, justify="left" if column == "decoder" else "right")
         for key, label in (("before", "untrained"), ("after", f"after {figures['steps']} steps"),
                            ("mean_frame", "mean training frame")):
-            table.add_row(label, f"{figures['mse'][key]:.5f}", f"{figures['psnr_db'][key]:.2f}")
+            table.add_row(label, f"{figures['mse'][key]:.5f}", f"{figures['psnr_db'][key]:.2f}",
+                          f"{moving['mse'][key]:.4f}")
         console.print(table)
         console.print(f"decoder: {figures['weights']}\nfigures: {run / FIGURES}",
                       highlight=False, soft_wrap=True)

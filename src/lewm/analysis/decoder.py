@@ -1,14 +1,17 @@
 """A pixel decoder for LeWM embeddings: what the model "imagines", made visible.
 
-LeWM never reconstructs pixels, so its latents cannot be looked at directly. This decoder is
+LeWM never reconstructs pixels, so its latents cannot be looked at directly. A decoder is
 trained afterwards, with the world model frozen, to map one embedding back to its frame
-(BASELINES.md §6, the maintainer's ``CLSDecoder``): the embedding becomes a single key/value
-token, one learned query per patch cross-attends to it, and a linear head paints each patch.
-Decoding the latents of an open-loop rollout then shows what the predictor expects to see.
+(``lewm.analysis.decoder_nets``: a convolutional one by default, or the paper's cross-
+attention one of BASELINES.md §6). Decoding the latents of an open-loop rollout then shows
+what the predictor expects to see.
 
 It is for looking only: the decoder plays no part in training or planning, and its held-out
 error is reported beside the mean-frame baseline so that a blurry picture can be told apart
-from an embedding that lost the information.
+from an embedding that lost the information. Since most pixels of these scenes never change
+(TwoRoom's agent is ~1% of the frame), the error is also given on the *moving* pixels, those
+that differ from the mean frame: a decoder that paints only the background scores no better
+there than the mean frame does.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lewm.analysis.decoder_nets import (
+    ARCHITECTURES,
+    ConvDecoder,
+    CrossAttentionDecoder,
+    PixelDecoder,
+    build_decoder,
+    check_arch,
+)
 from lewm.analysis.embed import action_blocks
 from lewm.checkpoint import CONFIG, Checkpoint, first_nonfinite, load_checkpoint
 from lewm.config import RunConfig
@@ -47,106 +58,21 @@ WEIGHTS = "decoder.safetensors"
 FIGURES = "decoder.json"
 GIF_FOLDER = "decoder"
 FORMAT = "lewm-decoder"
-# The architecture fields stored in the weights' metadata, in PixelDecoder's argument order.
-HPARAMS = ("embed_dim", "image_size", "patch_size", "width", "depth", "heads", "mlp")
 # Frames are embedded (and scored) in chunks of this many, so activations stay small.
 ENCODE_CHUNK = 256
 # At most this many held-out frames are scored: enough for a mean to three digits.
 HELDOUT_FRAMES = 2000
+# A pixel is "moving" where some channel differs from the mean frame by more than this, in
+# [0, 1] units: the agent, the arm, the block, but not JPEG-like shading noise.
+MOVING_THRESHOLD = 0.1
 # The queries learn this many times faster than the rest. With one key, every query gets
 # the same attention output, ~40x larger than an N(0, 0.02) query, and each post-norm layer
 # shrinks what tells the queries apart (measured on a trained TwoRoom run: their spread
 # 0.007, 0.0008, 3e-5 after layers 1-3). Their gradient is then too faint for Adam at the
 # base rate: after 1500 steps at 1e-3 every patch was painted alike (held-out PSNR 11.4 dB,
 # the mean frame 27.1); at 30x the queries grow apart: 26.3 dB after 300 steps of 16 frames,
-# 29.2 dB (the agent drawn) after 2500 steps of 32.
+# 29.2 dB (the agent drawn) after 2500 steps of 32. Only the cross-attention decoder has them.
 QUERY_LR_SCALE = 30.0
-
-
-def default_patch(image_size: int) -> int:
-    """16-px patches as in the paper at 224 px; 8 px below 128 px, where a 16-px patch would
-    leave a 64-px frame only 16 queries to paint a ~4-px agent with."""
-    return 16 if image_size >= 128 else 8
-
-
-class _CrossAttentionLayer(nn.Module):
-    """Post-norm: queries attend to the latent token, then pass through an MLP."""
-
-    def __init__(self, width: int, heads: int, mlp: int) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.attn_norm = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp), nn.GELU(), nn.Linear(mlp, width))
-        self.mlp_norm = nn.LayerNorm(width)
-
-    def forward(self, queries: Tensor, latent: Tensor) -> Tensor:
-        attended = self.attn(queries, latent, latent, need_weights=False)[0]
-        queries = self.attn_norm(queries + attended)
-        return self.mlp_norm(queries + self.mlp(queries))
-
-
-class PixelDecoder(nn.Module):
-    """Embeddings (..., embed_dim) → frames (..., 3, image_size, image_size) in [0, 1] units.
-
-    The output is not squashed (as in the reference), so training is a plain regression;
-    :func:`to_images` clamps when pixels are wanted. With a single key the attention weights
-    are all 1, so every patch receives the same message; where each patch lies is known
-    only to its query.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        image_size: int,
-        patch_size: int | None = None,
-        width: int = 256,
-        depth: int = 3,
-        heads: int = 8,
-        mlp: int = 1024,
-    ) -> None:
-        super().__init__()
-        patch_size = patch_size or default_patch(image_size)
-        if min(embed_dim, image_size, patch_size, width, depth, heads, mlp) < 1:
-            raise ValueError("decoder sizes must all be >= 1")
-        if image_size % patch_size:
-            raise ValueError(
-                f"decoder patch_size={patch_size} does not divide image_size={image_size}"
-            )
-        if width % heads:
-            raise ValueError(f"decoder width={width} is not a multiple of heads={heads}")
-        self.embed_dim, self.image_size, self.patch_size = embed_dim, image_size, patch_size
-        self.width, self.depth, self.heads, self.mlp = width, depth, heads, mlp
-        self.grid = image_size // patch_size
-        self.latent = nn.Sequential(nn.Linear(embed_dim, width), nn.LayerNorm(width), nn.GELU())
-        self.queries = nn.Parameter(torch.randn(1, self.grid**2, width) * 0.02)
-        self.layers = nn.ModuleList(_CrossAttentionLayer(width, heads, mlp) for _ in range(depth))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, patch_size**2 * 3))
-
-    def hparams(self) -> dict[str, int]:
-        """The constructor's arguments: enough to rebuild this decoder from its weights."""
-        return {name: int(getattr(self, name)) for name in HPARAMS}
-
-    def forward(self, z: Tensor) -> Tensor:
-        if z.shape[-1] != self.embed_dim:
-            raise ValueError(
-                f"decoder takes embeddings (..., {self.embed_dim}), got {tuple(z.shape)}"
-            )
-        lead = z.shape[:-1]
-        latent = self.latent(z.reshape(-1, 1, self.embed_dim))
-        q = self.queries.expand(latent.shape[0], -1, -1)
-        for layer in self.layers:
-            q = layer(q, latent)
-        return unpatchify(self.head(q), self.patch_size).reshape(
-            *lead, 3, self.image_size, self.image_size
-        )
-
-
-def unpatchify(patches: Tensor, patch_size: int) -> Tensor:
-    """(B, grid², p·p·3) → (B, 3, grid·p, grid·p): patch k fills grid cell (k // grid,
-    k % grid), its values read row-major with the colour innermost, as in the reference."""
-    g = math.isqrt(patches.shape[1])
-    image = patches.reshape(-1, g, g, patch_size, patch_size, 3).permute(0, 5, 1, 3, 2, 4)
-    return image.reshape(-1, 3, g * patch_size, g * patch_size)
 
 
 def to_images(x: Tensor) -> np.ndarray:
@@ -202,7 +128,7 @@ def save_decoder(run_dir: str | Path, decoder: PixelDecoder, seed: int, steps: i
     bad = first_nonfinite(state)
     if bad is not None:
         raise ValueError(f"{path}: not written: tensor {bad} holds NaN or inf (try a lower --lr)")
-    metadata = {"format": FORMAT, "seed": str(seed), "steps": str(steps)}
+    metadata = {"format": FORMAT, "arch": decoder.ARCH, "seed": str(seed), "steps": str(steps)}
     metadata |= {k: str(v) for k, v in decoder.hparams().items()}
     with atomic_path(path) as tmp:
         mode = tmp.stat().st_mode
@@ -211,7 +137,9 @@ def save_decoder(run_dir: str | Path, decoder: PixelDecoder, seed: int, steps: i
     return path
 
 
-def _read_hparams(path: Path) -> dict[str, int]:
+def _read_hparams(path: Path) -> tuple[str, dict[str, int]]:
+    """The stored architecture and its sizes; files from before the conv decoder have no
+    ``arch`` and are cross-attention ones."""
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -222,14 +150,18 @@ def _read_hparams(path: Path) -> dict[str, int]:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: metadata format is {metadata.get('format')!r}, "
                          f"expected {FORMAT!r} (not a lewm pixel decoder)")
+    arch = metadata.get("arch", CrossAttentionDecoder.ARCH)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: metadata field arch: {arch!r}, expected one of "
+                         f"{', '.join(ARCHITECTURES)}")
     hparams = {}
-    for name in HPARAMS:
+    for name in ARCHITECTURES[arch].HPARAMS:
         try:
             hparams[name] = int(metadata[name])
         except (KeyError, ValueError):
             raise ValueError(f"{path}: metadata field {name}: missing or not an integer "
                              f"({metadata.get(name)!r})") from None
-    return hparams
+    return arch, hparams
 
 
 def load_decoder(run_dir: str | Path, device: str | torch.device = "cpu") -> PixelDecoder:
@@ -240,7 +172,7 @@ def load_decoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Pix
     if not path.is_file():
         raise ValueError(f"{path}: no decoder here; train one with `lewm decoder {run_dir}`")
     cfg = RunConfig.load(run_dir / CONFIG)
-    hparams = _read_hparams(path)
+    arch, hparams = _read_hparams(path)
     expected = {"embed_dim": _latent_width(cfg, str(run_dir / CONFIG)),
                 "image_size": cfg.model.image_size}
     for name, value in expected.items():
@@ -250,7 +182,7 @@ def load_decoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Pix
                 f"retrain it with `lewm decoder {run_dir}`"
             )
     try:
-        decoder = PixelDecoder(**hparams)
+        decoder = ARCHITECTURES[arch](**hparams)
         decoder.load_state_dict(load_file(str(path)))
     except (RuntimeError, ValueError, SafetensorError) as exc:
         reason = str(exc).strip().splitlines()[0]
@@ -286,14 +218,21 @@ def _rows_of(
 
 
 @torch.no_grad()
-def _mse(predict: Callable[[Tensor], Tensor], z: Tensor, frames: Tensor) -> float:
-    """Mean squared error of ``predict(z)`` over every pixel and channel, in [0, 1] units;
-    in chunks, so that a few thousand frames never sit on the device as floats at once."""
-    total = 0.0
+def _errors(
+    predict: Callable[[Tensor], Tensor], z: Tensor, frames: Tensor, mean_frame: Tensor
+) -> tuple[float, float]:
+    """Mean squared error of ``predict(z)`` in [0, 1] units over every pixel and channel, and
+    over the moving pixels only (see ``MOVING_THRESHOLD``; NaN if there are none). In chunks,
+    so that a few thousand frames never sit on the device as floats at once."""
+    total = moving = count = 0.0
     for i in range(0, z.shape[0], ENCODE_CHUNK):
         target = frames[i : i + ENCODE_CHUNK].to(z.device).double() / 255
-        total += float(((predict(z[i : i + ENCODE_CHUNK]).double() - target) ** 2).sum())
-    return total / frames.numel()
+        squared = (predict(z[i : i + ENCODE_CHUNK]).double() - target) ** 2
+        mask = _moving(target, mean_frame)
+        total += float(squared.sum())
+        moving += float((squared * mask).sum())
+        count += float(mask.sum()) * target.shape[-3]
+    return total / frames.numel(), moving / count if count else math.nan
 
 
 def _mean_frame(frames: Tensor, device: torch.device) -> Tensor:
@@ -301,6 +240,22 @@ def _mean_frame(frames: Tensor, device: torch.device) -> Tensor:
     total = sum(frames[i : i + ENCODE_CHUNK].double().sum(0)
                 for i in range(0, frames.shape[0], ENCODE_CHUNK))
     return (total / (255 * frames.shape[0])).to(device)
+
+
+def _moving(target: Tensor, mean_frame: Tensor) -> Tensor:
+    """(..., 1, H, W) mask of the pixels of ``target`` (in [0, 1]) that count as moving."""
+    return (target - mean_frame).abs().amax(-3, keepdim=True) > MOVING_THRESHOLD
+
+
+@torch.no_grad()
+def _moving_fraction(frames: Tensor, mean_frame: Tensor) -> float:
+    """The share of uint8 ``frames``' pixels that count as moving."""
+    count = sum(
+        float(_moving(frames[i : i + ENCODE_CHUNK].to(mean_frame.device).double() / 255,
+                      mean_frame).sum())
+        for i in range(0, frames.shape[0], ENCODE_CHUNK)
+    )
+    return count / (frames.shape[0] * frames.shape[-1] * frames.shape[-2])
 
 
 def psnr(mse: float) -> float:
@@ -327,9 +282,10 @@ def fit_decoder(
     at ``QUERY_LR_SCALE`` times ``lr``. Batches are drawn with ``generator`` only, so a seed
     fixes the whole run."""
     rest = [p for name, p in decoder.named_parameters() if name != "queries"]
-    optimizer = torch.optim.Adam(
-        [{"params": rest}, {"params": [decoder.queries], "lr": lr * QUERY_LR_SCALE}], lr=lr
-    )
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if isinstance(decoder, CrossAttentionDecoder):
+        groups.append({"params": [decoder.queries], "lr": lr * QUERY_LR_SCALE})
+    optimizer = torch.optim.Adam(groups, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
     )
@@ -360,6 +316,7 @@ def train_decoder(
     progress: bool = True,
     patch_size: int | None = None,
     max_frames: int = 10000,
+    arch: str = ConvDecoder.ARCH,
 ) -> dict[str, Any]:
     """Train a decoder on the run's training-episode frames, save it, return its figures.
 
@@ -367,13 +324,14 @@ def train_decoder(
     validation episodes, which neither it nor the world model saw (the training frames
     instead when the run has no validation episodes; the figures say which). At most
     ``max_frames`` training frames (and ``HELDOUT_FRAMES`` held-out ones) are drawn, so that
-    a large dataset fits in memory. Weights go to ``decoder.safetensors``, figures to
-    ``decoder.json``.
+    a large dataset fits in memory. ``arch`` is conv or cross (``decoder_nets``). Weights go
+    to ``decoder.safetensors``, figures to ``decoder.json``.
     """
     if steps < 1 or batch_size < 1 or max_frames < 1 or not lr > 0:
         raise ValueError(f"steps={steps}, batch_size={batch_size} and max_frames={max_frames} "
                          f"must be >= 1, lr={lr} > 0")
     run_dir, device = Path(run_dir), torch.device(device)
+    check_arch(arch, patch_size)  # before the minutes of embedding frames
     ckpt = load_checkpoint(run_dir, device)
     cfg = ckpt.config
     embed_dim = _latent_width(cfg, str(run_dir / CONFIG))
@@ -392,16 +350,19 @@ def train_decoder(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = PixelDecoder(embed_dim, cfg.model.image_size, patch_size).to(device).eval()
+        decoder = build_decoder(arch, embed_dim, cfg.model.image_size, patch_size)
+    decoder = decoder.to(device).eval()
     mean_frame = _mean_frame(x_train, device)
-    mse = {
-        "before": _mse(decoder, z_val, x_val),
-        "mean_frame": _mse(lambda z: mean_frame.expand(z.shape[0], -1, -1, -1), z_val, x_val),
+    errors = {
+        "before": _errors(decoder, z_val, x_val, mean_frame),
+        "mean_frame": _errors(lambda z: mean_frame.expand(z.shape[0], -1, -1, -1), z_val, x_val,
+                              mean_frame),
     }
     began = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     last_loss = fit_decoder(decoder, z_train, x_train, steps, batch_size, lr, generator, progress)
-    mse["after"] = _mse(decoder, z_val, x_val)
+    errors["after"] = _errors(decoder, z_val, x_val, mean_frame)
+    mse = {k: v[0] for k, v in errors.items()}
     weights = save_decoder(run_dir, decoder, seed, steps)
     figures = {
         "run": str(run_dir), "data": str(cfg.data.path),
@@ -409,9 +370,16 @@ def train_decoder(
                    "training episodes (the run has no validation split)",
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "train_frames": int(train_rows.size), "heldout_frames": int(heldout_rows.size),
-        "params": sum(p.numel() for p in decoder.parameters()), **decoder.hparams(),
+        "arch": decoder.ARCH, "params": sum(p.numel() for p in decoder.parameters()),
+        **decoder.hparams(),
         "final_train_loss": last_loss, "train_seconds": round(time.perf_counter() - began, 2),
-        "mse": mse, "psnr_db": {k: psnr(v) for k, v in mse.items()}, "weights": str(weights),
+        "mse": mse, "psnr_db": {k: psnr(v) for k, v in mse.items()},
+        "moving_pixels": {
+            "threshold": MOVING_THRESHOLD,
+            "fraction": _moving_fraction(x_val, mean_frame),
+            "mse": {k: v[1] for k, v in errors.items()},
+        },
+        "weights": str(weights),
     }
     atomic_write_text(run_dir / FIGURES, json.dumps(figures, indent=2) + "\n")
     return figures

@@ -292,10 +292,12 @@ def _decoder(page: Page, run: Path) -> None:
     if not d:
         _missing(page, "pixel decoder", "lewm decoder RUN")
         return
-    page.table(["decoder", "MSE", "PSNR (dB)"], [
-        [label, _fmt(d["mse"][key], 5), _fmt(d["psnr_db"][key], 2)]
-        for key, label in (("after", f"after {d['steps']} steps"),
-                           ("mean_frame", "mean training frame"))
+    moving = d.get("moving_pixels", {}).get("mse", {})  # absent from older decoder.json files
+    page.table(["decoder", "MSE", "PSNR (dB)", "MSE on moving pixels"], [
+        [label, _fmt(d["mse"][key], 5), _fmt(d["psnr_db"][key], 2), _fmt(moving.get(key), 4)]
+        for key, label in ((
+            "after", f"{d.get('arch', 'cross')} decoder, {d['steps']} steps"),
+            ("mean_frame", "mean training frame"))
     ])  # fmt: skip
     _media(page, run, sorted((run / DECODER_GIFS).glob("episode_*.gif")),
            "real | imagined | reconstructed")
