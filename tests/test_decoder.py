@@ -107,10 +107,11 @@ def test_moving_pixel_error_against_a_known_case() -> None:
     mean_frame = torch.zeros(3, 4, 4, dtype=torch.float64)
     z = torch.zeros(1, 8)
     blank = _errors(lambda z: torch.zeros(z.shape[0], 3, 4, 4), z, frames, mean_frame)
-    assert blank == pytest.approx((1 / 48, 1 / 3))
-    assert _errors(lambda z: frames.double() / 255, z, frames, mean_frame) == (0.0, 0.0)
-    total, moving = _errors(lambda z: frames.double() / 255, z, frames * 0, mean_frame)
+    assert blank == pytest.approx((1 / 48, 1 / 3, 1 / 16))  # one pixel of 16 moves
+    assert _errors(lambda z: frames.double() / 255, z, frames, mean_frame)[:2] == (0.0, 0.0)
+    total, moving, share = _errors(lambda z: frames.double() / 255, z, frames * 0, mean_frame)
     assert total == pytest.approx(1 / 48) and np.isnan(moving)  # nothing moves
+    assert share == 0.0
 
 
 def test_patches_land_where_their_query_is() -> None:

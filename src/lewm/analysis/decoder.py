@@ -220,19 +220,22 @@ def _rows_of(
 @torch.no_grad()
 def _errors(
     predict: Callable[[Tensor], Tensor], z: Tensor, frames: Tensor, mean_frame: Tensor
-) -> tuple[float, float]:
-    """Mean squared error of ``predict(z)`` in [0, 1] units over every pixel and channel, and
-    over the moving pixels only (see ``MOVING_THRESHOLD``; NaN if there are none). In chunks,
-    so that a few thousand frames never sit on the device as floats at once."""
+) -> tuple[float, float, float]:
+    """Mean squared error of ``predict(z)`` in [0, 1] units over every pixel and channel, the
+    same over the moving pixels only (see ``MOVING_THRESHOLD``; NaN if there are none), and
+    the share of pixels that move. In chunks, so that a few thousand frames never sit on the
+    device as floats at once."""
     total = moving = count = 0.0
     for i in range(0, z.shape[0], ENCODE_CHUNK):
         target = frames[i : i + ENCODE_CHUNK].to(z.device).double() / 255
         squared = (predict(z[i : i + ENCODE_CHUNK]).double() - target) ** 2
-        mask = _moving(target, mean_frame)
+        mask = (target - mean_frame).abs().amax(-3, keepdim=True) > MOVING_THRESHOLD
         total += float(squared.sum())
         moving += float((squared * mask).sum())
-        count += float(mask.sum()) * target.shape[-3]
-    return total / frames.numel(), moving / count if count else math.nan
+        count += float(mask.sum())
+    channels = frames.shape[-3]
+    return (total / frames.numel(), moving / (count * channels) if count else math.nan,
+            count * channels / frames.numel())
 
 
 def _mean_frame(frames: Tensor, device: torch.device) -> Tensor:
@@ -240,22 +243,6 @@ def _mean_frame(frames: Tensor, device: torch.device) -> Tensor:
     total = sum(frames[i : i + ENCODE_CHUNK].double().sum(0)
                 for i in range(0, frames.shape[0], ENCODE_CHUNK))
     return (total / (255 * frames.shape[0])).to(device)
-
-
-def _moving(target: Tensor, mean_frame: Tensor) -> Tensor:
-    """(..., 1, H, W) mask of the pixels of ``target`` (in [0, 1]) that count as moving."""
-    return (target - mean_frame).abs().amax(-3, keepdim=True) > MOVING_THRESHOLD
-
-
-@torch.no_grad()
-def _moving_fraction(frames: Tensor, mean_frame: Tensor) -> float:
-    """The share of uint8 ``frames``' pixels that count as moving."""
-    count = sum(
-        float(_moving(frames[i : i + ENCODE_CHUNK].to(mean_frame.device).double() / 255,
-                      mean_frame).sum())
-        for i in range(0, frames.shape[0], ENCODE_CHUNK)
-    )
-    return count / (frames.shape[0] * frames.shape[-1] * frames.shape[-2])
 
 
 def psnr(mse: float) -> float:
@@ -376,7 +363,7 @@ def train_decoder(
         "mse": mse, "psnr_db": {k: psnr(v) for k, v in mse.items()},
         "moving_pixels": {
             "threshold": MOVING_THRESHOLD,
-            "fraction": _moving_fraction(x_val, mean_frame),
+            "fraction": errors["after"][2],
             "mse": {k: v[1] for k, v in errors.items()},
         },
         "weights": str(weights),
