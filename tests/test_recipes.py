@@ -9,6 +9,7 @@ from conftest import SMALL_MODEL
 from typer.testing import CliRunner
 
 from lewm.cli import app
+from lewm.config import resolve
 from lewm.recipes import RECIPES
 
 runner = CliRunner()
@@ -22,6 +23,12 @@ def test_recipes_are_listed_with_what_they_measured():
     for name, recipe in RECIPES.items():
         assert name in result.output
         assert recipe.env == name
+
+
+def test_every_recipes_settings_are_valid_for_the_tiny_preset():
+    for name, recipe in RECIPES.items():
+        cfg = resolve("tiny", [f"train.max_steps={recipe.steps}", *recipe.overrides])
+        assert cfg.train.max_steps == recipe.steps, name
 
 
 def test_a_recipe_runs_every_stage_then_resumes(tmp_path):
@@ -41,6 +48,8 @@ def test_a_recipe_runs_every_stage_then_resumes(tmp_path):
     assert summary["train"]["steps"] == 2
     saved = json.loads((out / "run" / "config.json").read_text())
     assert saved["data"]["render"] == "fast" and saved["env"] == "reacher"
+    # The recipe's own settings reach the run: three frames in training and in planning.
+    assert saved["model"]["history"] == 3 and saved["plan"]["history"] == 3
     modified = data.stat().st_mtime_ns
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output

@@ -194,6 +194,10 @@ class PlanConfig:
     ``precision="bf16"`` runs the rollout under bfloat16 autocast (costs stay float32):
     faster where the hardware has bf16 matmuls (AMX CPUs, GPUs), but plans are no longer
     those of float32, since late CEM iterations rank candidates closer than bf16 resolves.
+    ``history`` is how many real frames (``frameskip`` steps apart, the current one last) the
+    predictor starts from, with the blocks executed between them; 1 is the reference's
+    evaluation (the current frame only). More lets a model trained with ``model.history`` > 1
+    see velocities, which one frame does not show; at most ``model.history``.
     """
 
     solver: str = "cem"
@@ -209,12 +213,15 @@ class PlanConfig:
     icem_decay: float = 1.25
     mppi_temperature: float = 0.1
     grad_lr: float = 0.1
+    history: int = 1
 
     def validate(self, section: str = "plan") -> None:
         """Refuse searches that are empty, cannot rank (one elite has no spread) or grow
         without bound (an iCEM decay below 1 enlarges the population every iteration)."""
         finite(section, self)
-        at_least(section, self, 1, "samples", "iterations", "horizon", "receding_horizon")
+        at_least(
+            section, self, 1, "samples", "iterations", "horizon", "receding_horizon", "history"
+        )
         require(
             self.receding_horizon <= self.horizon, f"{section}.receding_horizon",
             self.receding_horizon, f"at most {section}.horizon={self.horizon}",
@@ -276,6 +283,14 @@ class RunConfig:
         self.train.validate()
         self.plan.validate()
         self.eval.validate()
+        require(
+            self.plan.history <= self.model.history, "plan.history", self.plan.history,
+            f"at most model.history={self.model.history} (the predictor's window)",
+        )  # fmt: skip
+        require(
+            self.plan.history == 1 or not self.model.uses_proprio, "plan.history",
+            self.plan.history, "1 for a model that reads proprioception (its past is not kept)",
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

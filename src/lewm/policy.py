@@ -20,6 +20,7 @@ from lewm.checkpoint import load_checkpoint
 from lewm.config import RunConfig, apply_overrides
 from lewm.device import resolve_device
 from lewm.envs import proprio_columns
+from lewm.plan.history import FrameHistory
 from lewm.plan.mpc import MPCPlanner
 
 
@@ -54,6 +55,7 @@ class Policy:
         self.generator = torch.Generator()
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None
+        self._history = FrameHistory(config.plan.history, config.model.frameskip)
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -61,6 +63,7 @@ class Policy:
         plan, not from a warm start on the old one); with ``seed``, reseed the noise too."""
         self._queue.clear()
         self._previous = None
+        self._history = FrameHistory(self.config.plan.history, self.config.model.frameskip)
         if seed is not None:
             self.generator.manual_seed(seed)
 
@@ -74,11 +77,16 @@ class Policy:
 
         ``proprio`` is the raw (current, goal) proprioception, needed by a model that reads
         it (``model.uses_proprio``) and ignored otherwise, so one loop can drive either kind;
-        like the frames, it is read only when a new plan is made.
+        like the frames, it is read only when a new plan is made. With ``plan.history`` > 1
+        every frame of the episode is kept as the planner's real past, so call it at every
+        step, with the frame the returned action is taken from.
         """
+        self._history.observe(self._frame(observation, "observation"))
         if not self._queue:
             self._replan(observation, goal, proprio)
-        return self._queue.popleft()
+        action = self._queue.popleft()
+        self._history.act(action)
+        return action
 
     def _replan(
         self,
@@ -90,7 +98,12 @@ class Policy:
         target = self._frame(goal, "goal")[None]
         if proprio is not None and self.planner.proprio_columns:
             proprio = self._proprio(proprio)
-        actions, plans = self.planner.plan(now, target, [self.generator], self._previous, proprio)
+        past = self._history.past()
+        if past is not None:
+            past = (past[0][None], past[1][None])
+        actions, plans = self.planner.plan(
+            now, target, [self.generator], self._previous, proprio, past
+        )
         self._previous = plans
         self._queue.extend(np.array(row, dtype=np.float32) for row in actions[0])
 

@@ -24,13 +24,15 @@ from lewm.data.normalize import join_columns
 from lewm.device import keep_freed_memory, resolve_device
 from lewm.envs import get_env_spec, proprio_columns
 from lewm.io import atomic_folder, atomic_write_text, exclusive, lock_path, remove_stale_parts
+from lewm.plan.history import FrameHistory, Past
 from lewm.plan.mpc import MPCPlanner, plan_flops
 from lewm.plan.solvers import SOLVER_NAMES
 from lewm.stats import across_sets, wilson_interval
 from lewm.track import log_to_run
 
-# (observations (N,H,W,3), goals (N,H,W,3), episode indices, proprio=None) -> raw actions
-# (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair, (N, P) each.
+# (observations (N,H,W,3), goals (N,H,W,3), episode indices, proprio=None, past=None) -> raw
+# actions (N, steps, A); proprio, when the model reads it, is the raw (current, goal) pair,
+# (N, P) each; past, with plan.history > 1, each environment's real past (or None).
 Actor = Callable[..., np.ndarray]
 Proprio = tuple[np.ndarray, np.ndarray]
 # (folder, file stem, frames, goal, actions) -> anything: writes one evaluated episode's media
@@ -125,18 +127,34 @@ class PlannerActor:
         goals: np.ndarray,
         ids: list[int],
         proprio: Proprio | None = None,
+        past: list[Past | None] | None = None,
     ) -> np.ndarray:
+        """One plan per environment; those with pasts of different lengths are planned in
+        separate calls (each episode's own generator keeps its plan the same either way)."""
         for i in ids:
             if i not in self.generators:
                 self.generators[i] = torch.Generator().manual_seed(episode_seed(self.seed, i))
-        previous = None
-        if all(i in self.previous for i in ids):
-            previous = torch.stack([self.previous[i] for i in ids])
-        actions, plans = self.planner.plan(
-            observations, goals, [self.generators[i] for i in ids], previous, proprio
-        )
-        self.previous.update(zip(ids, plans, strict=True))
-        return actions
+        past = past or [None] * len(ids)
+        lengths = [0 if p is None else len(p[0]) for p in past]
+        out = [np.empty(0, dtype=np.float32)] * len(ids)
+        for length in sorted(set(lengths)):
+            group = [k for k, n in enumerate(lengths) if n == length]
+            group_ids = [ids[k] for k in group]
+            previous = None
+            if all(i in self.previous for i in group_ids):
+                previous = torch.stack([self.previous[i] for i in group_ids])
+            pairs = None if proprio is None else (proprio[0][group], proprio[1][group])
+            group_past = None
+            if length:
+                group_past = tuple(np.stack([past[k][j] for k in group]) for j in (0, 1))
+            actions, plans = self.planner.plan(
+                observations[group], goals[group], [self.generators[i] for i in group_ids],
+                previous, pairs, group_past,
+            )  # fmt: skip
+            self.previous.update(zip(group_ids, plans, strict=True))
+            for k, a in zip(group, actions, strict=True):
+                out[k] = a
+        return np.stack(out)
 
 
 class RandomActor:
@@ -153,8 +171,9 @@ class RandomActor:
         goals: np.ndarray,
         ids: list[int],
         proprio: Proprio | None = None,
+        past: list[Past | None] | None = None,
     ) -> np.ndarray:
-        """Actions that look at nothing: observations and proprioception are ignored."""
+        """Actions that look at nothing: observations, proprioception and past are ignored."""
         for i in ids:
             self.rngs.setdefault(i, np.random.default_rng(episode_seed(self.seed, i)))
         return np.stack(
@@ -226,6 +245,8 @@ def run_protocol(
     media: EpisodeMedia | None = None,
     proprio_keys: tuple[str, ...] = (),
     render: str = "faithful",
+    history: int = 1,
+    frameskip: int = 1,
 ) -> EvalResult:
     """Run ``cfg.episodes`` goal-reaching episodes, ``cfg.batch`` environments in lockstep
     (one planning call per replanning step for all of them); returns their outcomes (the
@@ -234,7 +255,9 @@ def run_protocol(
     With ``media`` and ``media_dir``, the frames of the first ``cfg.gifs`` episodes are
     handed to ``media`` to write into ``media_dir``; without, no frames are kept. With
     ``proprio_keys``, the actor also gets the raw proprioception: the start's and the goal's
-    from the dataset rows, then the environment's after each step."""
+    from the dataset rows, then the environment's after each step. With ``history`` > 1 the
+    actor also gets each episode's real past, ``frameskip`` steps per frame: at the start the
+    dataset rows before the start row (within its episode), then the steps it executed."""
     spec = get_env_spec(env_name)
     spec.require_state_columns(store.columns, store.path)
     if cfg.batch < 1:
@@ -258,6 +281,9 @@ def run_protocol(
         for first in range(0, len(starts), cfg.batch):
             ids = list(range(first, min(first + cfg.batch, len(starts))))
             obs, goal, proprio = [], [], []
+            pasts = None
+            if history > 1:
+                pasts = [_dataset_past(store, int(starts[i]), history, frameskip) for i in ids]
             for env, i in zip(envs, ids, strict=False):
                 rows = np.array([starts[i], starts[i] + cfg.goal_offset])
                 state = spec.read_state(store, rows)
@@ -274,7 +300,7 @@ def run_protocol(
             pairs = np.stack(proprio) if proprio_keys else None
             outcomes += _lockstep(envs, ids, np.stack(obs), np.stack(goal), actor, cfg, recorder,
                                   [int(starts[i]) for i in ids], [int(ep_of_row[i]) for i in ids],
-                                  pairs, proprio_keys)
+                                  pairs, proprio_keys, pasts)
             done = sum(o.success for o in outcomes)
             bar.update(task, advance=len(ids),
                        description=f"evaluating ({done}/{len(outcomes)} reached)")
@@ -291,13 +317,15 @@ def _lockstep(
     envs: list[Any], ids: list[int], obs: np.ndarray, goal: np.ndarray, actor: Actor,
     cfg: EvalConfig, recorder: tuple[Path, EpisodeMedia] | None, start_rows: list[int],
     episodes: list[int], proprio: np.ndarray | None = None, proprio_keys: tuple[str, ...] = (),
+    pasts: list[FrameHistory] | None = None,
 ) -> list[EpisodeOutcome]:
     """Episodes ``ids`` from reset to success or budget; a finished environment is frozen
     and leaves the planning batch. ``recorder`` (folder, writer) receives the frames of the
     episodes whose index is below ``cfg.gifs``. ``proprio`` (N, 2, P) holds each episode's
     current and goal proprioception; the current one follows the environment's ``info``.
     Success counts at any step, the start included (a solved start kept by
-    ``eval.exclude_solved_starts=false`` succeeds in 0 steps)."""
+    ``eval.exclude_solved_starts=false`` succeeds in 0 steps). ``pasts`` holds each episode's
+    history, its current frame observed last; the actor then gets their pasts."""
     steps, plans = [0] * len(ids), [0] * len(ids)
     success = [bool(envs[k].is_success()) for k in range(len(ids))]
     # Copies: obs is overwritten in place step by step.
@@ -307,13 +335,19 @@ def _lockstep(
     actions: dict[int, list[np.ndarray]] = {k: [] for k in frames}
     while active := [k for k in range(len(ids)) if not success[k] and steps[k] < cfg.budget]:
         pairs = None if proprio is None else (proprio[active, 0], proprio[active, 1])
-        chunks = actor(obs[active], goal[active], [ids[k] for k in active], proprio=pairs)
+        known = None if pasts is None else [pasts[k].past() for k in active]
+        chunks = actor(
+            obs[active], goal[active], [ids[k] for k in active], proprio=pairs, past=known
+        )
         for k, chunk in zip(active, chunks, strict=True):
             plans[k] += 1
             for action in chunk[: cfg.budget - steps[k]]:
                 _, _, terminated, _, info = envs[k].step(action)
                 steps[k] += 1
                 obs[k] = envs[k].render()
+                if pasts is not None:
+                    pasts[k].act(action)
+                    pasts[k].observe(obs[k])
                 if proprio is not None:
                     proprio[k, 0] = join_columns(info, proprio_keys, 1)[0]
                 if k in frames:
@@ -335,6 +369,21 @@ def _lockstep(
                        steps[k] if success[k] else None)
         for k, i in enumerate(ids)
     ]
+
+
+def _dataset_past(store: EpisodeStore, start: int, history: int, frameskip: int) -> FrameHistory:
+    """A history that starts where the dataset's episode stood: the rows before ``start``
+    (as many as the history holds and the episode has), then the start frame itself."""
+    past = FrameHistory(history, frameskip)
+    first = int(store.ep_offset[np.searchsorted(store.ep_offset, start, side="right") - 1])
+    rows = np.arange(max(first, start - past.steps), start + 1)
+    pixels = store.read("pixels", rows)
+    actions = store.read("action", rows[:-1]) if len(rows) > 1 else []
+    for frame, action in zip(pixels[:-1], actions, strict=True):
+        past.observe(frame)
+        past.act(action)
+    past.observe(pixels[-1])
+    return past
 
 
 def render_mode(cfg: RunConfig, store: EpisodeStore) -> str:
@@ -462,7 +511,7 @@ def evaluate_run(
             # The media go into the staging folder: they appear with their JSON or not at all.
             result = run_protocol(
                 store, cfg.env, episodes, actor, eval_cfg, seed, staging, progress, media,
-                proprio_keys, render,
+                proprio_keys, render, cfg.plan.history if planner else 1, m.frameskip,
             )  # fmt: skip
             if planner is not None:
                 _add_timings(result, planner)

@@ -18,6 +18,7 @@ import torch
 from lewm.config import PlanConfig
 from lewm.data.clips import pixels_tensor
 from lewm.data.normalize import Normalizer
+from lewm.plan.history import Past
 from lewm.plan.solvers import make_solver
 
 
@@ -118,7 +119,7 @@ class MPCPlanner:
         self.call_seconds: list[float] = []
         self.call_sizes: list[int] = []
         self.compile_seconds = 0.0
-        self._compiled_batches: set[int] = set()
+        self._compiled_batches: set[tuple[int, ...]] = set()
 
     def plan(
         self,
@@ -127,9 +128,13 @@ class MPCPlanner:
         generators: list[torch.Generator],
         previous: torch.Tensor | None = None,
         proprio: tuple[np.ndarray, np.ndarray] | None = None,
+        past: Past | None = None,
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Plan for N environments: uint8 (N, H, W, 3) observations and goals, and with
         ``proprio_columns`` their raw proprioception, (N, P) each for now and the goal.
+        ``past`` (frames (N, k, H, W, 3), raw actions (N, k, frameskip, A)) are the k real
+        frames before the observations, oldest first, with the actions executed since each
+        (:class:`~lewm.plan.history.FrameHistory`); the rollout starts from all k+1.
 
         Returns raw actions (N, receding_horizon·frameskip, action_dim) and the full z-scored
         plans (N, horizon, block_dim), which ``previous`` takes back for a warm start.
@@ -138,17 +143,22 @@ class MPCPlanner:
         batch = len(observations)
         shape = (self.cfg.horizon, self.frameskip * self.action_dim)
         p_now, p_goal = self._proprio(proprio)
+        clips = frames_to_tensor(observations, self.device)
+        executed = torch.zeros(batch, 0, shape[1], device=self.device)
+        if past is not None:
+            clips, executed = self._with_past(clips, past)
         with torch.no_grad():
-            z_now = self.model.encode(frames_to_tensor(observations, self.device), p_now)
+            z_now = self.model.encode(clips, p_now)
             z_goal = self.model.encode(frames_to_tensor(goals, self.device), p_goal)[:, 0]
-        if self.compiled_rollout is not None and batch not in self._compiled_batches:
-            start += self._compile(z_now, shape)
+        if self.compiled_rollout is not None and z_now.shape[:2] not in self._compiled_batches:
+            start += self._compile(z_now, (z_now.shape[1] - 1 + shape[0], shape[1]))
 
         rollout = self.compiled_rollout or self.rollout
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
             samples = candidates.shape[1]
-            predicted = rollout(z_now.repeat_interleave(samples, dim=0), candidates.flatten(0, 1))
+            blocks = torch.cat([executed[:, None].expand(-1, samples, -1, -1), candidates], 2)
+            predicted = rollout(z_now.repeat_interleave(samples, dim=0), blocks.flatten(0, 1))
             target = z_goal.repeat_interleave(samples, dim=0)
             return self.model.planning_cost(predicted, target).view(batch, samples)
 
@@ -162,6 +172,24 @@ class MPCPlanner:
         self.call_seconds.append(time.perf_counter() - start)
         self.call_sizes.append(batch)
         return actions.astype(np.float32), plans.detach()
+
+    def _with_past(self, clips: torch.Tensor, past: Past) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current frames (N, 1, 3, H, W) behind their past ones, and the executed
+        actions as z-scored blocks (N, k, frameskip·A), as the training clips hold them."""
+        frames, actions = past
+        n, k = frames.shape[:2]
+        if actions.shape != (n, k, self.frameskip, self.action_dim) or len(clips) != n:
+            raise ValueError(
+                f"past: {len(clips)} environments need frames (N, k, H, W, 3) and actions "
+                f"(N, k, {self.frameskip}, {self.action_dim}), got {frames.shape} and "
+                f"{actions.shape}"
+            )
+        if k + 1 > self.cfg.history:
+            raise ValueError(f"past: {k} frames with plan.history={self.cfg.history}")
+        earlier = frames_to_tensor(frames.reshape(n * k, *frames.shape[2:]), self.device)
+        clips = torch.cat([earlier.view(n, k, *clips.shape[2:]), clips], dim=1)
+        blocks = self.normalizer.transform("action", actions).reshape(n, k, -1)
+        return clips, torch.from_numpy(np.ascontiguousarray(blocks)).to(self.device)
 
     def _proprio(
         self, proprio: tuple[np.ndarray, np.ndarray] | None
@@ -183,13 +211,14 @@ class MPCPlanner:
         return now, goal
 
     def _compile(self, z_now: torch.Tensor, shape: tuple[int, int]) -> float:
-        """Compile for a new batch size before the plan is timed, so that plan timings stay
-        comparable; the one-off cost is kept apart in ``compile_seconds`` and returned."""
+        """Compile for a new batch size (or context length) before the plan is timed, so that
+        plan timings stay comparable; the one-off cost is kept apart in ``compile_seconds``
+        and returned. ``shape`` is one candidate's blocks, executed ones included."""
         start = time.perf_counter()
         z = z_now.repeat_interleave(self.cfg.samples, dim=0)
         with torch.no_grad():
             self.compiled_rollout(z, torch.zeros(len(z), *shape, device=self.device))
-        self._compiled_batches.add(len(z_now))
+        self._compiled_batches.add(z_now.shape[:2])
         seconds = time.perf_counter() - start
         self.compile_seconds += seconds
         return seconds
@@ -202,16 +231,17 @@ def plan_flops(
     (matmuls, convolutions, attention): encoding the observation and the goal, then
     ``iterations`` rollouts of ``samples`` candidates with their costs. Counted once on a
     blank frame, since the work does not depend on the pixels; the gradient solver's backward
-    passes are not included."""
+    passes are not included. With ``plan.history`` h, the full past: h frames encoded and
+    h-1 executed blocks before the candidates."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    frames = np.zeros((1, image_size, image_size, 3), dtype=np.uint8)
+    frames = np.zeros((cfg.history, image_size, image_size, 3), dtype=np.uint8)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        z_now = model.encode(frames_to_tensor(frames, device))
-        z_goal = model.encode(frames_to_tensor(frames, device))[:, 0]
+        z_now = model.encode(frames_to_tensor(frames, device).transpose(0, 1))
+        z_goal = model.encode(frames_to_tensor(frames[:1], device))[:, 0]
     encode = counter.get_total_flops()
-    blocks = torch.zeros(cfg.samples, cfg.horizon, block_dim, device=device)
+    blocks = torch.zeros(cfg.samples, cfg.history - 1 + cfg.horizon, block_dim, device=device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         predicted = model.rollout(z_now.expand(cfg.samples, -1, -1), blocks)
