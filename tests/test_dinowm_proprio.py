@@ -167,9 +167,9 @@ def test_evaluation_plans_from_the_datasets_then_the_environments_proprio(
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     plan = mpc.MPCPlanner.plan
 
-    def spy(self, observations, goals, generators, previous=None, proprio=None):
+    def spy(self, observations, goals, generators, previous=None, proprio=None, past=None):
         seen.append((proprio[0].copy(), proprio[1].copy()))
-        return plan(self, observations, goals, generators, previous, proprio)
+        return plan(self, observations, goals, generators, previous, proprio, past)
 
     monkeypatch.setattr(mpc.MPCPlanner, "plan", spy)
     cfg = EvalConfig(episodes=2, budget=10, split="all", gifs=0, batch=2)
