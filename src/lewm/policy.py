@@ -81,20 +81,22 @@ class Policy:
         every frame of the episode is kept as the planner's real past, so call it at every
         step, with the frame the returned action is taken from.
         """
-        self._history.observe(self._frame(observation, "observation"))
+        frame = self._frame(observation, "observation")
+        self._history.observe(frame)
         if not self._queue:
-            self._replan(observation, goal, proprio)
+            self._replan(frame, goal, proprio)
         action = self._queue.popleft()
         self._history.act(action)
         return action
 
     def _replan(
         self,
-        observation: np.ndarray,
+        frame: np.ndarray,
         goal: np.ndarray,
         proprio: tuple[np.ndarray, np.ndarray] | None,
     ) -> None:
-        now = self._frame(observation, "observation")[None]
+        """``frame`` is the observation, already checked."""
+        now = frame[None]
         target = self._frame(goal, "goal")[None]
         if proprio is not None and self.planner.proprio_columns:
             proprio = self._proprio(proprio)
