@@ -14,7 +14,7 @@ from conftest import SMALL_MODEL
 from lewm.checkpoint import load_checkpoint
 from lewm.config import ConfigError, EvalConfig, apply_overrides, resolve
 from lewm.data import EpisodeStore
-from lewm.plan.evaluate import _dataset_past, evaluate_run, run_protocol
+from lewm.plan.evaluate import dataset_past, evaluate_run, run_protocol
 from lewm.plan.history import FrameHistory
 from lewm.plan.mpc import MPCPlanner, frames_to_tensor, plan_flops
 from lewm.policy import load_policy
@@ -85,7 +85,7 @@ def test_frame_history_refuses_actions_out_of_order_and_replaces_a_repeated_fram
 def test_dataset_past_starts_within_the_start_rows_episode(tworoom_file):
     with EpisodeStore(tworoom_file) as store:
         second = int(store.ep_offset[1])
-        history = _dataset_past(store, second + 12, history=3, frameskip=5)
+        history = dataset_past(store, second + 12, history=3, frameskip=5)
         frames, actions = history.past()
         np.testing.assert_array_equal(frames, store.read("pixels", np.array([second + 2,
                                                                              second + 7])))
@@ -93,7 +93,7 @@ def test_dataset_past_starts_within_the_start_rows_episode(tworoom_file):
             actions.reshape(10, -1), store.read("action", np.arange(second + 2, second + 12))
         )
         # Three rows into an episode: no whole block of past yet, and nothing from the last.
-        assert _dataset_past(store, second + 3, history=3, frameskip=5).past() is None
+        assert dataset_past(store, second + 3, history=3, frameskip=5).past() is None
 
 
 def test_planning_with_a_past_rolls_out_from_all_real_frames(history_run, tworoom_file):

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lewm.cli_options import Device, Seed
+from lewm.cli_options import SEED_MAX, Device, Seed
 
 Guard = Callable[[Callable[[], Any]], Any]
 
@@ -228,6 +228,35 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         console.print(f"results: {path}")
         for movie in result.get("videos", []):
             console.print(f"real | imagined | goal: {movie}", highlight=False, soft_wrap=True)
+
+    @app.command(name="plan-gap")
+    def plan_gap(
+        run: Run,
+        data: Data = None,
+        pairs: Annotated[int, typer.Option(help="Evaluation pairs, drawn as lewm eval draws "
+                                           "them with the same --seed.")] = 20,
+        seed: Annotated[int, typer.Option(
+            min=0, max=SEED_MAX, help="Pair seed (the evaluation's).")] = 42,
+        device: Device = "auto",
+    ) -> None:
+        """Model or search? The plan's predicted vs real cost, beside the dataset's own actions."""
+        from lewm.analysis.plan_gap import run_plan_gap
+
+        result, path = guarded(lambda: _analyse(
+            run, device, data, "plan_gap.json",
+            lambda ckpt, store: run_plan_gap(ckpt, store, pairs, seed),
+        ))
+        median = result["median"]
+        table = Table(title=f"{result['env']}: {result['pairs']} pairs (seed {seed}), medians")
+        for column in ("actions", "model's cost", "real cost", "reach the goal"):
+            table.add_column(column, justify="right")
+        for kind, label in (("plan", "the plan"), ("data", "the dataset's own")):
+            table.add_row(label, f"{median['predicted'][kind]:.3f}",
+                          f"{median['real'][kind]:.3f}", f"{result['reached'][kind]:.0%}")
+        table.add_row("none (the start)", "", f"{median['real']['start']:.3f}", "")
+        console.print(table)
+        console.print(result["verdict"], highlight=False)
+        console.print(f"results: {path}")
 
     @app.command()
     def report(run: Run) -> None:

@@ -55,7 +55,7 @@ class Policy:
         self.generator = torch.Generator()
         self._queue: deque[np.ndarray] = deque()
         self._previous: torch.Tensor | None = None
-        self._history = FrameHistory(config.plan.history, config.model.frameskip)
+        self._history: FrameHistory  # reset() makes it, as at every episode's start
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:

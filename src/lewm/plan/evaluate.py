@@ -283,7 +283,7 @@ def run_protocol(
             obs, goal, proprio = [], [], []
             pasts = None
             if history > 1:
-                pasts = [_dataset_past(store, int(starts[i]), history, frameskip) for i in ids]
+                pasts = [dataset_past(store, int(starts[i]), history, frameskip) for i in ids]
             for env, i in zip(envs, ids, strict=False):
                 rows = np.array([starts[i], starts[i] + cfg.goal_offset])
                 state = spec.read_state(store, rows)
@@ -371,7 +371,7 @@ def _lockstep(
     ]
 
 
-def _dataset_past(store: EpisodeStore, start: int, history: int, frameskip: int) -> FrameHistory:
+def dataset_past(store: EpisodeStore, start: int, history: int, frameskip: int) -> FrameHistory:
     """A history that starts where the dataset's episode stood: the rows before ``start``
     (as many as the history holds and the episode has), then the start frame itself."""
     past = FrameHistory(history, frameskip)

@@ -142,26 +142,10 @@ class MPCPlanner:
         start = time.perf_counter()
         batch = len(observations)
         shape = (self.cfg.horizon, self.frameskip * self.action_dim)
-        p_now, p_goal = self._proprio(proprio)
-        clips = frames_to_tensor(observations, self.device)
-        executed = torch.zeros(batch, 0, shape[1], device=self.device)
-        if past is not None:
-            clips, executed = self._with_past(clips, past)
-        with torch.no_grad():
-            z_now = self.model.encode(clips, p_now)
-            z_goal = self.model.encode(frames_to_tensor(goals, self.device), p_goal)[:, 0]
+        z_now, z_goal, executed = self._context(observations, goals, proprio, past)
         if self.compiled_rollout is not None and z_now.shape[:2] not in self._compiled_batches:
             start += self._compile(z_now, (z_now.shape[1] - 1 + shape[0], shape[1]))
-
-        rollout = self.compiled_rollout or self.rollout
-
-        def cost(candidates: torch.Tensor) -> torch.Tensor:
-            samples = candidates.shape[1]
-            blocks = torch.cat([executed[:, None].expand(-1, samples, -1, -1), candidates], 2)
-            predicted = rollout(z_now.repeat_interleave(samples, dim=0), blocks.flatten(0, 1))
-            target = z_goal.repeat_interleave(samples, dim=0)
-            return self.model.planning_cost(predicted, target).view(batch, samples)
-
+        cost = self._cost(z_now, z_goal, executed, self.compiled_rollout or self.rollout)
         init = None
         if self.cfg.warm_start and previous is not None:
             done = self.cfg.receding_horizon
@@ -172,6 +156,56 @@ class MPCPlanner:
         self.call_seconds.append(time.perf_counter() - start)
         self.call_sizes.append(batch)
         return actions.astype(np.float32), plans.detach()
+
+    @torch.no_grad()
+    def predicted_cost(
+        self,
+        observations: np.ndarray,
+        goals: np.ndarray,
+        plans: torch.Tensor,
+        proprio: tuple[np.ndarray, np.ndarray] | None = None,
+        past: Past | None = None,
+    ) -> torch.Tensor:
+        """The cost the planner would give z-scored plans (N, S, horizon, block_dim), S per
+        environment, from the same inputs as :meth:`plan`: what the model believes they
+        achieve, to set beside what they do (``lewm plan-gap``)."""
+        context = self._context(observations, goals, proprio, past)
+        return self._cost(*context, self.rollout)(plans.to(self.device))
+
+    def _context(
+        self,
+        observations: np.ndarray,
+        goals: np.ndarray,
+        proprio: tuple[np.ndarray, np.ndarray] | None,
+        past: Past | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings of the context frames (N, k+1, D) and of the goals (N, D), and the
+        executed blocks between the context frames (N, k, block_dim)."""
+        p_now, p_goal = self._proprio(proprio)
+        clips = frames_to_tensor(observations, self.device)
+        executed = torch.zeros(len(observations), 0, self.frameskip * self.action_dim,
+                               device=self.device)  # fmt: skip
+        if past is not None:
+            clips, executed = self._with_past(clips, past)
+        with torch.no_grad():
+            z_now = self.model.encode(clips, p_now)
+            z_goal = self.model.encode(frames_to_tensor(goals, self.device), p_goal)[:, 0]
+        return z_now, z_goal, executed
+
+    def _cost(
+        self, z_now: torch.Tensor, z_goal: torch.Tensor, executed: torch.Tensor, rollout: Rollout
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Candidates (N, S, horizon, block_dim) → the model's cost of each, (N, S)."""
+        batch = len(z_now)
+
+        def cost(candidates: torch.Tensor) -> torch.Tensor:
+            samples = candidates.shape[1]
+            blocks = torch.cat([executed[:, None].expand(-1, samples, -1, -1), candidates], 2)
+            predicted = rollout(z_now.repeat_interleave(samples, dim=0), blocks.flatten(0, 1))
+            target = z_goal.repeat_interleave(samples, dim=0)
+            return self.model.planning_cost(predicted, target).view(batch, samples)
+
+        return cost
 
     def _with_past(self, clips: torch.Tensor, past: Past) -> tuple[torch.Tensor, torch.Tensor]:
         """The current frames (N, 1, 3, H, W) behind their past ones, and the executed

@@ -1,0 +1,144 @@
+"""Is it the model or the search? What the planner believes its plan does, beside the truth.
+
+A planner fails for one of two reasons: the search does not find the actions its model
+scores best, or the model scores well actions that do not work. Every evaluation pair
+carries a witness that tells the two apart: the dataset's own actions, which led from the
+start to the goal. So for each pair this sets side by side
+
+- the model's cost of the plan and of the data's actions (what a perfect search must beat);
+- the real cost of each, the same distance taken from the frame the environment reaches
+  when it executes them (open loop, all ``plan.horizon`` blocks, as the protocol's first
+  plan is executed), and whether they reach the goal.
+
+A plan the model scores below the data's own actions that then ends farther from the goal
+than they do is the model being exploited: more search makes that worse, not better.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+import torch
+
+from lewm.checkpoint import Checkpoint
+from lewm.data import EpisodeStore
+from lewm.envs import get_env_spec, proprio_columns
+from lewm.model.protocol import model_device
+from lewm.plan.evaluate import (
+    dataset_past,
+    episode_seed,
+    render_mode,
+    sample_start_rows,
+    split_for_eval,
+)
+from lewm.plan.mpc import MPCPlanner, frames_to_tensor
+
+KINDS = ("plan", "data")
+
+
+def _execute(env: Any, start: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> tuple:
+    """Run ``actions`` from ``start``; whether the goal was met at any step, the last frame."""
+    env.reset(options={"state": start, "goal_state": goal})
+    reached = bool(env.is_success())
+    for action in actions:
+        _, _, terminated, _, info = env.step(action)
+        reached = reached or bool(terminated or info["success"])
+    return reached, env.render()
+
+
+def _verdict(pairs: list[dict[str, Any]]) -> str:
+    """One sentence a reader acts on, from the medians and the share of pairs."""
+    below = float(np.mean([p["predicted"]["plan"] < p["predicted"]["data"] for p in pairs]))
+    real = {k: statistics.median(p["real"][k] for p in pairs) for k in KINDS}
+    if below < 0.5:
+        return (
+            f"search: the model scores the data's own actions below the plan in "
+            f"{1 - below:.0%} of pairs; more samples or iterations, or another solver, help"
+        )
+    if real["plan"] > real["data"]:
+        return (
+            f"model: the plan scores below the data's own actions in {below:.0%} of pairs but "
+            f"ends farther from the goal (median real cost {real['plan']:.3g} vs "
+            f"{real['data']:.3g}); the search exploits the model's errors, so more data, "
+            "training or history help, more search does not"
+        )
+    return (
+        f"neither: the plan scores below the data's actions in {below:.0%} of pairs and ends "
+        "as close to the goal as they do"
+    )
+
+
+@torch.no_grad()
+def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: int = 42) -> dict:
+    """The plan and the dataset's actions of ``pairs`` evaluation pairs (drawn as ``lewm
+    eval --seed`` draws them, solved starts kept), scored by the model and by the world."""
+    cfg = ckpt.config
+    frameskip, horizon, offset = cfg.model.frameskip, cfg.plan.horizon, cfg.eval.goal_offset
+    if proprio_columns(cfg):
+        raise ValueError(
+            f"plan-gap compares frames; this {cfg.model.kind} model also reads "
+            f"proprioception ({', '.join(proprio_columns(cfg))})"
+        )
+    if horizon * frameskip != offset:
+        raise ValueError(
+            f"plan-gap sets the plan beside the dataset's {offset} actions from start to goal: "
+            f"it needs plan.horizon x frameskip = eval.goal_offset, got {horizon} x "
+            f"{frameskip} = {horizon * frameskip}"
+        )
+    if pairs < 1:
+        raise ValueError(f"--pairs must be >= 1, got {pairs}")
+    spec = get_env_spec(cfg.env)
+    spec.require_state_columns(store.columns, store.path)
+    env = spec.make(store.image_size, render=render_mode(cfg, store))
+    episodes = split_for_eval(store, cfg.eval.split, cfg.data.val_fraction, cfg.seed)
+    starts, _ = sample_start_rows(store, episodes, offset, pairs, seed)
+    model, normalizer = ckpt.model, ckpt.normalizer
+    device = model_device(model)
+    planner = MPCPlanner(model, normalizer, cfg.plan, frameskip, cfg.model.action_dim, device)
+    out = []
+    for i, row in enumerate(int(r) for r in starts):
+        rows = np.array([row, row + offset])
+        frames, states = store.read("pixels", rows), spec.read_state(store, rows)
+        past = None
+        if cfg.plan.history > 1:
+            known = dataset_past(store, row, cfg.plan.history, frameskip).past()
+            past = None if known is None else tuple(x[None] for x in known)
+        generator = torch.Generator().manual_seed(episode_seed(seed, i))
+        _, plan = planner.plan(frames[:1], frames[1:], [generator], past=past)
+        data = store.read("action", np.arange(row, row + offset))
+        blocks = normalizer.transform("action", data).reshape(plan.shape).astype(np.float32)
+        candidates = torch.cat([plan.float().cpu(), torch.from_numpy(blocks)])[None]
+        predicted = planner.predicted_cost(frames[:1], frames[1:], candidates, past=past)[0]
+        raw_plan = normalizer.inverse("action", plan.float().cpu().numpy().reshape(len(data), -1))
+        reached, last = zip(
+            *(_execute(env, states[0], states[1], a) for a in (raw_plan, data)), strict=True
+        )
+        seen = np.stack([frames[0], *last, frames[1]])
+        z = model.encode(frames_to_tensor(seen, device))
+        real = model.planning_cost(z[:3], z[3:, 0].expand(3, -1)).float().cpu().tolist()
+        out.append({
+            "start_row": row,
+            "predicted": dict(zip(KINDS, predicted.float().cpu().tolist(), strict=True)),
+            "real": {"plan": real[1], "data": real[2], "start": real[0]},
+            "reached": dict(zip(KINDS, reached, strict=True)),
+        })
+    return {
+        "env": cfg.env,
+        "data": str(store.path),
+        "seed": seed,
+        "pairs": len(out),
+        "plan": {"solver": cfg.plan.solver, "horizon": horizon, "history": cfg.plan.history},
+        "median": {
+            "predicted": {k: statistics.median(p["predicted"][k] for p in out) for k in KINDS},
+            "real": {k: statistics.median(p["real"][k] for p in out)
+                     for k in (*KINDS, "start")},  # fmt: skip
+        },
+        "plan_scored_below_data": float(
+            np.mean([p["predicted"]["plan"] < p["predicted"]["data"] for p in out])
+        ),
+        "reached": {k: float(np.mean([p["reached"][k] for p in out])) for k in KINDS},
+        "verdict": _verdict(out),
+        "per_pair": out,
+    }

@@ -1,0 +1,100 @@
+"""``lewm plan-gap``: the plan's predicted cost beside its real one and the dataset's actions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_MODEL
+from typer.testing import CliRunner
+
+from lewm.analysis.plan_gap import _verdict, run_plan_gap
+from lewm.checkpoint import load_checkpoint
+from lewm.cli import app
+from lewm.config import apply_overrides, resolve
+from lewm.data import EpisodeStore
+from lewm.plan.mpc import frames_to_tensor
+from lewm.train.fit import train
+
+FAST_PLAN = ["plan.samples=8", "plan.elites=2", "plan.iterations=2"]
+
+
+def _checkpoint(run: Path, overrides: list[str] | None = None):
+    ckpt = load_checkpoint(run, "cpu")
+    apply_overrides(ckpt.config, [*FAST_PLAN, *(overrides or [])])
+    return ckpt
+
+
+def test_replaying_the_datasets_actions_lands_on_the_goal_frame(small_run, tworoom_file):
+    """TwoRoom is deterministic: the data's own actions from the start state reach the goal
+    state, so its frame is the goal's (real cost 0) and the goal is met; the model's cost of
+    those actions is the rollout of their z-scored blocks from the start's embedding."""
+    ckpt = _checkpoint(small_run)
+    with EpisodeStore(tworoom_file) as store:
+        out = run_plan_gap(ckpt, store, pairs=3, seed=0)
+        assert out["pairs"] == 3 and out["reached"]["data"] == 1.0
+        first = out["per_pair"][0]
+        row = first["start_row"]
+        assert first["real"]["data"] == pytest.approx(0.0, abs=1e-6)
+        assert first["real"]["start"] > 0.0
+        frames = store.read("pixels", np.array([row, row + 25]))
+        blocks = ckpt.normalizer.transform("action", store.read("action", np.arange(row, row + 25)))
+    with torch.no_grad():
+        z = ckpt.model.encode(frames_to_tensor(frames, torch.device("cpu")))
+        imagined = ckpt.model.rollout(z[:1], torch.from_numpy(blocks.reshape(1, 5, -1)).float())
+        expected = ckpt.model.planning_cost(imagined, z[1:, 0]).item()
+    assert first["predicted"]["data"] == pytest.approx(expected, rel=1e-4)
+    median = out["median"]["real"]["data"]
+    assert median == pytest.approx(0.0, abs=1e-6) and out["verdict"]
+
+
+def test_a_model_that_plans_from_its_past_is_checked_with_the_datasets_past(
+    tmp_path, tworoom_file
+):
+    run = tmp_path / "run"
+    cfg = resolve("tiny", [*SMALL_MODEL, "model.history=3"], {"train.max_steps": 2})
+    train(tworoom_file, run, cfg, device="cpu", progress=False)
+    ckpt = _checkpoint(run, ["plan.history=3"])
+    with EpisodeStore(tworoom_file) as store:
+        out = run_plan_gap(ckpt, store, pairs=2, seed=1)
+    assert out["plan"]["history"] == 3 and out["reached"]["data"] == 1.0
+
+
+def test_a_goal_offset_the_plan_cannot_span_is_refused(small_run, tworoom_file):
+    ckpt = _checkpoint(small_run, ["eval.goal_offset=30"])
+    with EpisodeStore(tworoom_file) as store, pytest.raises(
+        ValueError, match=r"plan.horizon x frameskip = eval.goal_offset, got 5 x 5 = 25"
+    ):
+        run_plan_gap(ckpt, store, pairs=1)
+
+
+def _pair(plan: float, data: float, real_plan: float, real_data: float) -> dict:
+    return {"predicted": {"plan": plan, "data": data},
+            "real": {"plan": real_plan, "data": real_data}}
+
+
+def test_the_verdict_names_the_search_the_model_or_neither():
+    exploited = [_pair(1.0, 5.0, 20.0, 0.5), _pair(2.0, 4.0, 30.0, 0.2)]
+    assert _verdict(exploited).startswith("model: the plan scores below the data's own actions "
+                                          "in 100% of pairs")
+    short = [_pair(9.0, 5.0, 20.0, 0.5), _pair(2.0, 4.0, 30.0, 0.2), _pair(8.0, 4.0, 3.0, 1.0)]
+    assert _verdict(short).startswith("search: the model scores the data's own actions below "
+                                      "the plan in 67% of pairs")
+    fine = [_pair(1.0, 5.0, 0.4, 0.5)]
+    assert _verdict(fine).startswith("neither")
+
+
+def test_the_command_writes_its_json_and_prints_the_verdict(small_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    result = CliRunner().invoke(app, ["plan-gap", str(run), "--pairs", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "analysis" / "plan_gap.json").read_text())
+    assert saved["pairs"] == 1 and saved["verdict"].split(":")[0] in result.output
+    assert "the dataset's own" in result.output
+    bad = CliRunner().invoke(app, ["plan-gap", str(run), "--pairs", "0"])
+    assert bad.exit_code == 2 and "--pairs must be >= 1, got 0" in " ".join(bad.output.split())
