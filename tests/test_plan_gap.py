@@ -72,20 +72,23 @@ def test_a_goal_offset_the_plan_cannot_span_is_refused(small_run, tworoom_file):
         run_plan_gap(ckpt, store, pairs=1)
 
 
-def _pair(plan: float, data: float, real_plan: float, real_data: float) -> dict:
-    return {"predicted": {"plan": plan, "data": data},
-            "real": {"plan": real_plan, "data": real_data}}
+def _pair(plan: float, data: float, reached: bool) -> dict:
+    return {"predicted": {"plan": plan, "data": data}, "reached": {"plan": reached, "data": True}}
 
 
-def test_the_verdict_names_the_search_the_model_or_neither():
-    exploited = [_pair(1.0, 5.0, 20.0, 0.5), _pair(2.0, 4.0, 30.0, 0.2)]
-    assert _verdict(exploited).startswith("model: the plan scores below the data's own actions "
-                                          "in 100% of pairs")
-    short = [_pair(9.0, 5.0, 20.0, 0.5), _pair(2.0, 4.0, 30.0, 0.2), _pair(8.0, 4.0, 3.0, 1.0)]
-    assert _verdict(short).startswith("search: the model scores the data's own actions below "
-                                      "the plan in 67% of pairs")
-    fine = [_pair(1.0, 5.0, 0.4, 0.5)]
-    assert _verdict(fine).startswith("neither")
+def test_the_verdict_names_the_model_the_search_or_neither():
+    exploited = [_pair(1.0, 5.0, False), _pair(2.0, 4.0, False), _pair(2.0, 4.0, True)]
+    assert _verdict(exploited).startswith(
+        "model: the plan scores below the data's own actions in 100% of pairs, yet 33% of "
+        "plans reach the goal, 100% of the data's"
+    )
+    short = [_pair(9.0, 5.0, False), _pair(2.0, 4.0, False), _pair(8.0, 4.0, True)]
+    assert _verdict(short).startswith(
+        "search: the model scores the data's own actions below the plan in 67% of pairs"
+    )
+    # 9 of 10 plans reach the goal: within 10 points of the data's actions.
+    fine = [_pair(9.0, 5.0, k > 0) for k in range(10)]
+    assert _verdict(fine) == "neither: 90% of plans reach the goal, 100% of the data's"
 
 
 def test_the_command_writes_its_json_and_prints_the_verdict(small_run, tmp_path):
