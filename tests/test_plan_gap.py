@@ -17,6 +17,7 @@ from lewm.checkpoint import load_checkpoint
 from lewm.cli import app
 from lewm.config import apply_overrides, resolve
 from lewm.data import EpisodeStore
+from lewm.plan.evaluate import evaluate_run
 from lewm.plan.mpc import frames_to_tensor
 from lewm.train.fit import train
 
@@ -50,6 +51,17 @@ def test_replaying_the_datasets_actions_lands_on_the_goal_frame(small_run, tworo
     assert first["predicted"]["data"] == pytest.approx(expected, rel=1e-4)
     median = out["median"]["real"]["data"]
     assert median == pytest.approx(0.0, abs=1e-6) and out["verdict"]
+
+
+def test_the_pairs_are_the_evaluations_own(small_run, tworoom_file, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)
+    result, _ = evaluate_run(run, overrides=[*FAST_PLAN, "eval.episodes=4"], seed=3,
+                             device="cpu", progress=False)
+    with EpisodeStore(tworoom_file) as store:
+        out = run_plan_gap(_checkpoint(run), store, pairs=4, seed=3)
+    assert [p["start_row"] for p in out["per_pair"]] == [e.start_row for e in result.episodes]
+    assert out["solved_starts"] == result.solved_starts and out["exclude_solved_starts"]
 
 
 def test_a_model_that_plans_from_its_past_is_checked_with_the_datasets_past(

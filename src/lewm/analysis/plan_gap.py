@@ -31,6 +31,7 @@ from lewm.plan.evaluate import (
     episode_seed,
     render_mode,
     sample_start_rows,
+    solved_check,
     split_for_eval,
 )
 from lewm.plan.mpc import MPCPlanner, frames_to_tensor
@@ -71,8 +72,9 @@ def _verdict(pairs: list[dict[str, Any]]) -> str:
 
 @torch.no_grad()
 def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: int = 42) -> dict:
-    """The plan and the dataset's actions of ``pairs`` evaluation pairs (drawn as ``lewm
-    eval --seed`` draws them, solved starts kept), scored by the model and by the world."""
+    """The plan and the dataset's actions of ``pairs`` evaluation pairs, scored by the model
+    and by the world. The pairs are those ``lewm eval --seed`` draws (solved starts
+    replaced under ``eval.exclude_solved_starts``), so the plan is its first one."""
     cfg = ckpt.config
     frameskip, horizon, offset = cfg.model.frameskip, cfg.plan.horizon, cfg.eval.goal_offset
     if proprio_columns(cfg):
@@ -92,7 +94,10 @@ def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: i
     spec.require_state_columns(store.columns, store.path)
     env = spec.make(store.image_size, render=render_mode(cfg, store))
     episodes = split_for_eval(store, cfg.eval.split, cfg.data.val_fraction, cfg.seed)
-    starts, _ = sample_start_rows(store, episodes, offset, pairs, seed)
+    starts, solved_starts = sample_start_rows(
+        store, episodes, offset, pairs, seed, solved_check(env, store, cfg.env, offset),
+        cfg.eval.exclude_solved_starts,
+    )  # fmt: skip
     model, normalizer = ckpt.model, ckpt.normalizer
     device = model_device(model)
     planner = MPCPlanner(model, normalizer, cfg.plan, frameskip, cfg.model.action_dim, device)
@@ -128,6 +133,8 @@ def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: i
         "data": str(store.path),
         "seed": seed,
         "pairs": len(out),
+        "solved_starts": solved_starts,
+        "exclude_solved_starts": cfg.eval.exclude_solved_starts,
         "plan": {"solver": cfg.plan.solver, "horizon": horizon, "history": cfg.plan.history},
         "median": {
             "predicted": {k: statistics.median(p["predicted"][k] for p in out) for k in KINDS},

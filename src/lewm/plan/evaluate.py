@@ -233,6 +233,21 @@ def sample_start_rows(
     return np.sort(rows[kept]), found
 
 
+def solved_check(
+    env: Any, store: EpisodeStore, env_name: str, goal_offset: int
+) -> Callable[[int], bool]:
+    """Whether a start row already meets its goal ``goal_offset`` rows later, asked of
+    ``env`` (which it resets): what ``sample_start_rows`` needs to leave such pairs out."""
+    spec = get_env_spec(env_name)
+
+    def solved(row: int) -> bool:
+        state = spec.read_state(store, np.array([row, row + goal_offset]))
+        env.reset(options={"state": state[0], "goal_state": state[1]})
+        return bool(env.is_success())
+
+    return solved
+
+
 def run_protocol(
     store: EpisodeStore,
     env_name: str,
@@ -265,15 +280,10 @@ def run_protocol(
     envs = [
         spec.make(store.image_size, render=render) for _ in range(min(cfg.batch, cfg.episodes))
     ]
-
-    def solved(row: int) -> bool:
-        state = spec.read_state(store, np.array([row, row + cfg.goal_offset]))
-        envs[0].reset(options={"state": state[0], "goal_state": state[1]})
-        return bool(envs[0].is_success())
-
     starts, solved_starts = sample_start_rows(
-        store, episodes, cfg.goal_offset, cfg.episodes, seed, solved, cfg.exclude_solved_starts
-    )
+        store, episodes, cfg.goal_offset, cfg.episodes, seed,
+        solved_check(envs[0], store, env_name, cfg.goal_offset), cfg.exclude_solved_starts,
+    )  # fmt: skip
     ep_of_row = np.searchsorted(store.ep_offset, starts, side="right") - 1
     outcomes: list[EpisodeOutcome] = []
     with Progress(disable=not progress, transient=False) as bar:
