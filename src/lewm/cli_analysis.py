@@ -234,7 +234,8 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
         run: Run,
         data: Data = None,
         pairs: Annotated[int, typer.Option(help="Evaluation pairs, drawn as lewm eval draws "
-                                           "them with the same --seed.")] = 20,
+                                           "them (the same pairs for the same --seed and "
+                                           "count).")] = 20,
         seed: Annotated[int, typer.Option(
             min=0, max=SEED_MAX, help="Pair seed (the evaluation's).")] = 42,
         device: Device = "auto",

@@ -73,8 +73,9 @@ def _verdict(pairs: list[dict[str, Any]]) -> str:
 @torch.no_grad()
 def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: int = 42) -> dict:
     """The plan and the dataset's actions of ``pairs`` evaluation pairs, scored by the model
-    and by the world. The pairs are those ``lewm eval --seed`` draws (solved starts
-    replaced under ``eval.exclude_solved_starts``), so the plan is its first one."""
+    and by the world. The pairs are drawn as ``lewm eval --seed`` draws them (solved
+    starts replaced under ``eval.exclude_solved_starts``): with ``pairs`` equal to its
+    ``eval.episodes``, they are its pairs and the plan is its first one."""
     cfg = ckpt.config
     frameskip, horizon, offset = cfg.model.frameskip, cfg.plan.horizon, cfg.eval.goal_offset
     if proprio_columns(cfg):
