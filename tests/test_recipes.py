@@ -42,6 +42,7 @@ def test_a_recipe_runs_every_stage_then_resumes(tmp_path):
         assert (f.attrs["render"], f.attrs["policy"]) == ("fast", "random")
     summary = json.loads((out / "recipe_summary.json").read_text())
     assert summary["recipe"]["name"] == "reacher" and summary["recipe"]["episodes"] == 3
+    assert summary["recipe"]["extra_overrides"] == QUICK
     assert [s["stage"] for s in summary["stages"]][:2] == ["collect", "train"]
     assert set(summary["success_rates"]) == {"cem_seed42", "cem_seed43", "random_seed42",
                                              "random_seed43"}
