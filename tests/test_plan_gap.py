@@ -76,6 +76,14 @@ def test_a_model_that_plans_from_its_past_is_checked_with_the_datasets_past(
     assert out["plan"]["history"] == 3 and out["reached"]["data"] == 1.0
 
 
+@pytest.mark.parametrize("solver", ["gradient", "icem"])
+def test_plan_gap_runs_under_every_solver_including_the_gradient_one(small_run, tworoom_file, solver):
+    ckpt = _checkpoint(small_run, [f"plan.solver={solver}"])
+    with EpisodeStore(tworoom_file) as store:
+        out = run_plan_gap(ckpt, store, pairs=1, seed=0)
+    assert out["plan"]["solver"] == solver and np.isfinite(out["median"]["predicted"]["plan"])
+
+
 def test_a_goal_offset_the_plan_cannot_span_is_refused(small_run, tworoom_file):
     ckpt = _checkpoint(small_run, ["eval.goal_offset=30"])
     with EpisodeStore(tworoom_file) as store, pytest.raises(
