@@ -77,7 +77,7 @@ def test_a_model_that_plans_from_its_past_is_checked_with_the_datasets_past(
 
 
 @pytest.mark.parametrize("solver", ["gradient", "icem"])
-def test_plan_gap_runs_under_every_solver_including_the_gradient_one(small_run, tworoom_file, solver):
+def test_plan_gap_runs_under_every_solver_the_gradient_one_too(small_run, tworoom_file, solver):
     ckpt = _checkpoint(small_run, [f"plan.solver={solver}"])
     with EpisodeStore(tworoom_file) as store:
         out = run_plan_gap(ckpt, store, pairs=1, seed=0)
