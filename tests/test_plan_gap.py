@@ -16,7 +16,7 @@ from lewm.analysis.plan_gap import _verdict, run_plan_gap
 from lewm.checkpoint import load_checkpoint
 from lewm.cli import app
 from lewm.config import apply_overrides, resolve
-from lewm.data import EpisodeStore
+from lewm.data import EpisodeStore, collect
 from lewm.plan.evaluate import evaluate_run
 from lewm.plan.mpc import frames_to_tensor
 from lewm.train.fit import train
@@ -82,6 +82,15 @@ def test_plan_gap_runs_under_every_solver_the_gradient_one_too(small_run, tworoo
     with EpisodeStore(tworoom_file) as store:
         out = run_plan_gap(ckpt, store, pairs=1, seed=0)
     assert out["plan"]["solver"] == solver and np.isfinite(out["median"]["predicted"]["plan"])
+
+
+def test_data_of_another_resolution_is_refused_before_any_planning(small_run, tmp_path):
+    other = tmp_path / "tworoom32.h5"
+    collect("tworoom", 2, other, resolution=32, seed=0, workers=1, progress=False)
+    with EpisodeStore(other) as store, pytest.raises(
+        ValueError, match=r"the tworoom run: the checkpoint expects 64x64 images but .* 32x32"
+    ):
+        run_plan_gap(_checkpoint(small_run), store, pairs=1)
 
 
 def test_a_goal_offset_the_plan_cannot_span_is_refused(small_run, tworoom_file):

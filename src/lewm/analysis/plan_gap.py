@@ -27,6 +27,7 @@ from lewm.data import EpisodeStore
 from lewm.envs import get_env_spec, proprio_columns
 from lewm.model.protocol import model_device
 from lewm.plan.evaluate import (
+    check_eval_data,
     dataset_past,
     episode_seed,
     render_mode,
@@ -91,8 +92,8 @@ def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: i
         )
     if pairs < 1:
         raise ValueError(f"--pairs must be >= 1, got {pairs}")
+    check_eval_data(cfg, store, f"the {cfg.env} run")
     spec = get_env_spec(cfg.env)
-    spec.require_state_columns(store.columns, store.path)
     env = spec.make(store.image_size, render=render_mode(cfg, store))
     episodes = split_for_eval(store, cfg.eval.split, cfg.data.val_fraction, cfg.seed)
     starts, solved_starts = sample_start_rows(

@@ -396,6 +396,31 @@ def dataset_past(store: EpisodeStore, start: int, history: int, frameskip: int) 
     return past
 
 
+def check_eval_data(cfg: RunConfig, store: EpisodeStore, source: object) -> None:
+    """Refuse, naming ``source`` (the run), a data file the run cannot be evaluated on: other
+    resolution, environment or action size, or states that cannot be restored (checked
+    whole, before anything is written)."""
+    if store.image_size != cfg.model.image_size:
+        raise CheckpointError(
+            f"{source}: the checkpoint expects {cfg.model.image_size}x{cfg.model.image_size} "
+            f"images but {store.path} holds {store.image_size}x{store.image_size}; evaluate "
+            "on data collected at the training resolution"
+        )
+    if store.env_name and store.env_name != cfg.env:
+        raise CheckpointError(
+            f"{source}: the run was trained on {cfg.env} but {store.path} holds "
+            f"{store.env_name} episodes; evaluate on data of the run's environment"
+        )
+    if store.action_dim != cfg.model.action_dim:
+        raise CheckpointError(
+            f"{source}: the checkpoint plans {cfg.model.action_dim}-D actions but "
+            f"{store.path} holds {store.action_dim}-D ones"
+        )
+    spec = get_env_spec(cfg.env)
+    spec.require_state_columns(store.columns, store.path)
+    store.require_finite(spec.state_keys)
+
+
 def render_mode(cfg: RunConfig, store: EpisodeStore) -> str:
     """How the environment is drawn: ``eval.render``, else as the training data was. Goals
     are the data file's frames and the model learnt from the training file's, so a mode
@@ -472,26 +497,7 @@ def evaluate_run(
     if not data:
         raise ValueError(f"{run_dir}: no --data given and the run does not name its data file")
     store = open_store(data, cache="none")
-    if store.image_size != cfg.model.image_size:
-        raise CheckpointError(
-            f"{run_dir}: the checkpoint expects {cfg.model.image_size}x{cfg.model.image_size} "
-            f"images but {store.path} holds {store.image_size}x{store.image_size}; evaluate "
-            "on data collected at the training resolution"
-        )
-    if store.env_name and store.env_name != cfg.env:
-        raise CheckpointError(
-            f"{run_dir}: the run was trained on {cfg.env} but {store.path} holds "
-            f"{store.env_name} episodes; evaluate on data of the run's environment"
-        )
-    if store.action_dim != cfg.model.action_dim:
-        raise CheckpointError(
-            f"{run_dir}: the checkpoint plans {cfg.model.action_dim}-D actions but "
-            f"{store.path} holds {store.action_dim}-D ones"
-        )
-    # States the episodes restore are checked whole, before anything is written.
-    spec = get_env_spec(cfg.env)
-    spec.require_state_columns(store.columns, store.path)
-    store.require_finite(spec.state_keys)
+    check_eval_data(cfg, store, run_dir)
     render = render_mode(cfg, store)
     episodes = split_for_eval(store, eval_cfg.split, cfg.data.val_fraction, cfg.seed)
     m = cfg.model
