@@ -33,7 +33,8 @@ def _checkpoint(run: Path, overrides: list[str] | None = None):
 def test_replaying_the_datasets_actions_lands_on_the_goal_frame(small_run, tworoom_file):
     """TwoRoom is deterministic: the data's own actions from the start state reach the goal
     state, so its frame is the goal's (real cost 0) and the goal is met; the model's cost of
-    those actions is the rollout of their z-scored blocks from the start's embedding."""
+    those actions is the rollout of their z-scored blocks from the start's embedding, and its
+    drift after each block is that rollout's distance to the dataset's frame there."""
     ckpt = _checkpoint(small_run)
     with EpisodeStore(tworoom_file) as store:
         out = run_plan_gap(ckpt, store, pairs=3, seed=0)
@@ -42,13 +43,17 @@ def test_replaying_the_datasets_actions_lands_on_the_goal_frame(small_run, tworo
         row = first["start_row"]
         assert first["real"]["data"] == pytest.approx(0.0, abs=1e-6)
         assert first["real"]["start"] > 0.0
-        frames = store.read("pixels", np.array([row, row + 25]))
+        frames = store.read("pixels", row + np.arange(0, 26, 5))
         blocks = ckpt.normalizer.transform("action", store.read("action", np.arange(row, row + 25)))
     with torch.no_grad():
         z = ckpt.model.encode(frames_to_tensor(frames, torch.device("cpu")))
         imagined = ckpt.model.rollout(z[:1], torch.from_numpy(blocks.reshape(1, 5, -1)).float())
-        expected = ckpt.model.planning_cost(imagined, z[1:, 0]).item()
+        expected = ckpt.model.planning_cost(imagined, z[-1:, 0]).item()
+        drift = ((imagined[0] - z[1:, 0]) ** 2).sum(-1).numpy()
     assert first["predicted"]["data"] == pytest.approx(expected, rel=1e-4)
+    assert first["drift"]["data"] == pytest.approx(drift.tolist(), rel=1e-4, abs=1e-6)
+    assert len(first["drift"]["plan"]) == 5 and min(first["drift"]["plan"]) >= 0.0
+    assert drift[-1] > drift[0]  # errors compound: the last block is imagined furthest
     median = out["median"]["real"]["data"]
     assert median == pytest.approx(0.0, abs=1e-6) and out["verdict"]
 
@@ -128,5 +133,9 @@ def test_the_command_writes_its_json_and_prints_the_verdict(small_run, tmp_path)
     saved = json.loads((run / "analysis" / "plan_gap.json").read_text())
     assert saved["pairs"] == 1 and saved["verdict"].split(":")[0] in result.output
     assert "the dataset's own" in result.output
+    drift = " ".join(f"{d:.3f}" for d in saved["median"]["drift"]["data"])
+    assert f"imagined vs real after each block, the dataset's own actions: {drift}" in " ".join(
+        result.output.split()
+    )
     bad = CliRunner().invoke(app, ["plan-gap", str(run), "--pairs", "0"])
     assert bad.exit_code == 2 and "--pairs must be >= 1, got 0" in " ".join(bad.output.split())

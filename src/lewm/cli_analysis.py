@@ -256,6 +256,10 @@ def register(app: typer.Typer, console: Console, guarded: Guard) -> None:
                           f"{median['real'][kind]:.3f}", f"{result['reached'][kind]:.0%}")
         table.add_row("none (the start)", "", f"{median['real']['start']:.3f}", "")
         console.print(table)
+        for kind, label in (("data", "the dataset's own actions"), ("plan", "the plan")):
+            drift = " ".join(f"{d:.3f}" for d in median["drift"][kind])
+            console.print(f"imagined vs real after each block, {label}: {drift}",
+                          highlight=False)  # fmt: skip
         console.print(result["verdict"], highlight=False)
         console.print(f"results: {path}")
 

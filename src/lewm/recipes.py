@@ -59,7 +59,7 @@ RECIPES: dict[str, Recipe] = {
         measured="~36 min (collect ~3, train 33); CEM 12% / 14% vs random 4% / 0%: plans, "
         "far from the paper's 96%. lewm plan-gap: the plans score below the data's own "
         "actions yet reach the goal far less often (15% vs 85%), so the model, not the "
-        "search, is the limit",
+        "search, is the limit. A paper-width predictor (embed 192, depth 6): 8% / 14%",
     ),
     "cube": Recipe(
         env="cube", episodes=300, resolution=64, policy="oracle", render="fast",

@@ -40,14 +40,20 @@ from lewm.plan.mpc import MPCPlanner, frames_to_tensor
 KINDS = ("plan", "data")
 
 
-def _execute(env: Any, start: np.ndarray, goal: np.ndarray, actions: np.ndarray) -> tuple:
-    """Run ``actions`` from ``start``; whether the goal was met at any step, the last frame."""
+def _execute(
+    env: Any, start: np.ndarray, goal: np.ndarray, actions: np.ndarray, frameskip: int
+) -> tuple[bool, list[np.ndarray]]:
+    """Run ``actions`` from ``start``; whether the goal was met at any step, and the frame
+    after each block (the embeddings the model imagines are of those frames)."""
     env.reset(options={"state": start, "goal_state": goal})
     reached = bool(env.is_success())
-    for action in actions:
+    frames = []
+    for step, action in enumerate(actions, 1):
         _, _, terminated, _, info = env.step(action)
         reached = reached or bool(terminated or info["success"])
-    return reached, env.render()
+        if step % frameskip == 0:
+            frames.append(env.render().copy())
+    return reached, frames
 
 
 def _verdict(pairs: list[dict[str, Any]]) -> str:
@@ -116,18 +122,23 @@ def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: i
         data = store.read("action", np.arange(row, row + offset))
         blocks = normalizer.transform("action", data).reshape(plan.shape).astype(np.float32)
         candidates = torch.cat([plan.float().cpu(), torch.from_numpy(blocks)])[None]
-        predicted = planner.predicted_cost(frames[:1], frames[1:], candidates, past=past)[0]
+        imagined, predicted = planner.imagine(frames[:1], frames[1:], candidates, past=past)
         raw_plan = normalizer.inverse("action", plan.float().cpu().numpy().reshape(len(data), -1))
-        reached, last = zip(
-            *(_execute(env, states[0], states[1], a) for a in (raw_plan, data)), strict=True
+        reached, after = zip(
+            *(_execute(env, states[0], states[1], a, frameskip) for a in (raw_plan, data)),
+            strict=True,
         )
-        seen = np.stack([frames[0], *last, frames[1]])
-        z = model.encode(frames_to_tensor(seen, device))
-        real = model.planning_cost(z[:3], z[3:, 0].expand(3, -1)).float().cpu().tolist()
+        z = model.encode(frames_to_tensor(np.stack([*after[0], *after[1], *frames]), device))
+        z_after = z[: 2 * horizon, 0].view(2, horizon, -1)
+        z_start, z_goal = z[2 * horizon :, 0]
+        last = torch.stack([z_start, z_after[0, -1], z_after[1, -1]])[:, None]
+        real = model.planning_cost(last, z_goal.expand(3, -1)).float().cpu().tolist()
+        drift = ((imagined[0].float() - z_after.float()) ** 2).sum(-1).cpu().tolist()
         out.append({
             "start_row": row,
-            "predicted": dict(zip(KINDS, predicted.float().cpu().tolist(), strict=True)),
+            "predicted": dict(zip(KINDS, predicted[0].float().cpu().tolist(), strict=True)),
             "real": {"plan": real[1], "data": real[2], "start": real[0]},
+            "drift": dict(zip(KINDS, drift, strict=True)),
             "reached": dict(zip(KINDS, reached, strict=True)),
         })
     return {
@@ -142,6 +153,8 @@ def run_plan_gap(ckpt: Checkpoint, store: EpisodeStore, pairs: int = 20, seed: i
             "predicted": {k: statistics.median(p["predicted"][k] for p in out) for k in KINDS},
             "real": {k: statistics.median(p["real"][k] for p in out)
                      for k in (*KINDS, "start")},  # fmt: skip
+            "drift": {k: np.median([p["drift"][k] for p in out], axis=0).tolist()
+                      for k in KINDS},  # fmt: skip
         },
         "plan_scored_below_data": float(
             np.mean([p["predicted"]["plan"] < p["predicted"]["data"] for p in out])

@@ -158,19 +158,21 @@ class MPCPlanner:
         return actions.astype(np.float32), plans.detach()
 
     @torch.no_grad()
-    def predicted_cost(
+    def imagine(
         self,
         observations: np.ndarray,
         goals: np.ndarray,
         plans: torch.Tensor,
         proprio: tuple[np.ndarray, np.ndarray] | None = None,
         past: Past | None = None,
-    ) -> torch.Tensor:
-        """The cost the planner would give z-scored plans (N, S, horizon, block_dim), S per
-        environment, from the same inputs as :meth:`plan`: what the model believes they
-        achieve, to set beside what they do (``lewm plan-gap``)."""
-        context = self._context(observations, goals, proprio, past)
-        return self._cost(*context, self.rollout)(plans.to(self.device))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the model believes z-scored plans (N, S, horizon, block_dim), S per
+        environment, do from the same inputs as :meth:`plan`: the imagined embedding after
+        each block (N, S, horizon, D) and the cost the planner gives each plan (N, S), to set
+        beside what they do (``lewm plan-gap``)."""
+        z_now, z_goal, executed = self._context(observations, goals, proprio, past)
+        imagined = self._imagined(z_now, executed, plans.to(self.device), self.rollout)
+        return imagined, self._scored(imagined, z_goal)
 
     def _context(
         self,
@@ -196,16 +198,27 @@ class MPCPlanner:
         self, z_now: torch.Tensor, z_goal: torch.Tensor, executed: torch.Tensor, rollout: Rollout
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """Candidates (N, S, horizon, block_dim) → the model's cost of each, (N, S)."""
-        batch = len(z_now)
 
         def cost(candidates: torch.Tensor) -> torch.Tensor:
-            samples = candidates.shape[1]
-            blocks = torch.cat([executed[:, None].expand(-1, samples, -1, -1), candidates], 2)
-            predicted = rollout(z_now.repeat_interleave(samples, dim=0), blocks.flatten(0, 1))
-            target = z_goal.repeat_interleave(samples, dim=0)
-            return self.model.planning_cost(predicted, target).view(batch, samples)
+            return self._scored(self._imagined(z_now, executed, candidates, rollout), z_goal)
 
         return cost
+
+    def _scored(self, imagined: torch.Tensor, z_goal: torch.Tensor) -> torch.Tensor:
+        """Imagined embeddings (N, S, horizon, D) against the goals (N, D) → costs (N, S)."""
+        n, samples = imagined.shape[:2]
+        target = z_goal.repeat_interleave(samples, dim=0)
+        return self.model.planning_cost(imagined.flatten(0, 1), target).view(n, samples)
+
+    @staticmethod
+    def _imagined(
+        z_now: torch.Tensor, executed: torch.Tensor, candidates: torch.Tensor, rollout: Rollout
+    ) -> torch.Tensor:
+        """Candidates (N, S, horizon, block_dim) → imagined embeddings (N, S, horizon, D)."""
+        n, samples = candidates.shape[:2]
+        blocks = torch.cat([executed[:, None].expand(-1, samples, -1, -1), candidates], 2)
+        predicted = rollout(z_now.repeat_interleave(samples, dim=0), blocks.flatten(0, 1))
+        return predicted.view(n, samples, *predicted.shape[1:])
 
     def _with_past(self, clips: torch.Tensor, past: Past) -> tuple[torch.Tensor, torch.Tensor]:
         """The current frames (N, 1, 3, H, W) behind their past ones, and the executed
