@@ -64,10 +64,11 @@ RECIPES: dict[str, Recipe] = {
     "cube": Recipe(
         env="cube", episodes=600, resolution=64, policy="oracle", render="fast",
         steps=4000, overrides=(),
-        measured="~48 min (collect 27 with the test suite beside it, ~19 alone; train 15); "
-        "CEM 12% / 12% vs random 6% / 6%: above the floor, far from the paper's 74%. With "
-        "300 episodes: 4% / 16% vs 8% / 8%; with three frames: 8% / 16%. lewm plan-gap: the "
-        "model follows the data's actions but not CEM's plans, which leave what the data covers",
+        measured="~48 min (collect 27 with the test suite beside it, an estimated ~19 alone "
+        "at collect_speed's rate; train 15); CEM 12% / 12% vs random 6% / 6%: above the "
+        "floor, far from the paper's 74%. With 300 episodes: 4% / 16% vs 8% / 8%; with "
+        "three frames: 8% / 16%. lewm plan-gap: the model follows the data's actions but not "
+        "CEM's plans, which leave what the data covers",
     ),
 }  # fmt: skip
 
