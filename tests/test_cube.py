@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lewm.envs import CubeEnv, CubeOraclePolicy, get_env_spec
+from lewm.envs import CubeEnv, CubeExplorePolicy, CubeOraclePolicy, get_env_spec
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,37 @@ def test_oracle_policy_noise_and_progress(env) -> None:
     assert np.linalg.norm(end[:2] - cube[:2]) < np.linalg.norm(start[:2] - cube[:2])
 
 
+def test_explore_policy_mixes_random_bursts_into_a_working_oracle(env, monkeypatch) -> None:
+    """About 30% of the steps are random, in bursts of 5 to 20 steps, and the oracle still
+    carries the cube (more than 20 cm over the episode) between them."""
+    env.reset(seed=0)
+    policy = CubeExplorePolicy(env, np.random.default_rng(0))
+    oracle_calls: list[int] = []
+    oracle = CubeOraclePolicy.__call__
+    monkeypatch.setattr(
+        CubeOraclePolicy, "__call__", lambda self: [oracle_calls.append(1), oracle(self)][1]
+    )
+    from_oracle: list[bool] = []
+    cube = env.last_info["privileged/block_0_pos"].copy()
+    moved = 0.0
+    for _ in range(200):
+        before = len(oracle_calls)
+        action = policy()
+        from_oracle.append(len(oracle_calls) > before)
+        assert action.shape == (5,) and np.all(np.abs(action) <= 1.0)
+        env.step(action)
+        moved = max(moved, np.linalg.norm(env.last_info["privileged/block_0_pos"] - cube))
+    random_steps = ~np.array(from_oracle)
+    assert 0.15 < random_steps.mean() < 0.45
+    edges = np.flatnonzero(np.diff(np.r_[0, random_steps.astype(int), 0]))
+    bursts = edges[1::2] - edges[::2]
+    assert len(bursts) >= 3 and bursts[:-1].min() >= 5 and bursts.max() <= 20
+    assert moved > 0.2
+
+
 def test_registry_entry() -> None:
     spec = get_env_spec("cube")
     assert (spec.max_steps, spec.frameskip, spec.action_dim) == (200, 5, 5)
     assert spec.state_keys == ("qpos", "qvel") and spec.default_policy == "oracle"
+    assert list(spec.policies) == ["oracle", "explore"]
     assert not spec.episode_ends_at_success

@@ -1,4 +1,5 @@
-"""Device choice and the CPU allocator setting that planning relies on."""
+"""Device choice, what train.precision=auto becomes, and the CPU allocator setting that
+planning relies on."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from lewm.device import keep_freed_memory, resolve_device
+from lewm import device as lewm_device
+from lewm.device import keep_freed_memory, resolve_device, train_precision
 
 # Allocates and frees a 64 MiB tensor 5 times per round, 4 rounds, and prints the minor page
 # faults of each round: every round faults its pages afresh unless freed memory is kept.
@@ -48,3 +51,14 @@ def test_resolve_device_names_the_choices() -> None:
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ValueError, match="auto, cpu, cuda, mps"):
         resolve_device("tpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_device_computes_it(monkeypatch, native) -> None:
+    """auto follows the device; a precision the user names is kept, even bf16 on a CPU that
+    would emulate it (they may want its numerics)."""
+    monkeypatch.setattr(lewm_device, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert train_precision("auto", cpu) == ("bf16-mixed" if native else "32-true")
+    for named in ("32-true", "bf16-mixed", "16-mixed"):
+        assert train_precision(named, cpu) == named

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from lewm.checkpoint import CheckpointError, load_checkpoint
 from lewm.cli import app
 from lewm.config import resolve
+from lewm.device import train_precision
 from lewm.train.fit import train
 
 pytestmark = pytest.mark.slow
@@ -49,8 +50,12 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained_run, tworoom_file
 
 
 def test_rerun_resumes_and_continues_step_count(tmp_path, tworoom_file):
-    cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 2})
+    cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 2, "train.precision": "auto"})
     train(tworoom_file, tmp_path, cfg, device="cpu", progress=False)
+    # The saved config says what auto resolved to on this machine, not "auto".
+    saved = json.loads((tmp_path / "config.json").read_text())["train"]["precision"]
+    assert saved == train_precision("auto", torch.device("cpu"))
+    assert saved in ("32-true", "bf16-mixed")
     cfg = resolve("tiny", SMALL_MODEL, {"train.max_steps": 4})
     summary = train(tworoom_file, tmp_path, cfg, device="cpu", progress=False)
     assert summary["steps"] == 4

@@ -64,3 +64,25 @@ def test_an_unknown_recipe_or_no_folder_is_refused(tmp_path):
     assert not (tmp_path / "m").exists()
     result = runner.invoke(app, ["recipe", "cube"])
     assert result.exit_code == 2 and "--out" in result.output
+    result = runner.invoke(app, ["recipe", "cube", "--out", str(tmp_path / "c"), "--policy", "ou"])
+    assert result.exit_code == 2 and "has no policy 'ou'" in result.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_policy_variant_gets_its_own_file_and_refuses_another_policys(tmp_path):
+    """The variant's data never reuses (or is mistaken for) the recipe's own, and a file
+    whose recorded policy is not the one asked for is refused before training."""
+    out = tmp_path / "reacher"
+    args = ["recipe", "reacher", "--out", str(out), "--episodes", "2", "--eval-episodes", "1",
+            "--device", "cpu", "--no-progress", "--policy", "ou", *QUICK]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = out / "reacher_ou_2ep_64px_seed0.h5"
+    with h5py.File(data) as f:
+        assert f.attrs["policy"] == "ou"
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert summary["recipe"]["policy"] == "ou"
+    data.rename(out / "reacher_2ep_64px_seed0.h5")
+    result = runner.invoke(app, args[:-len(QUICK) - 2] + QUICK)
+    assert result.exit_code == 2
+    assert "collected with policy 'ou', but the recipe runs 'random'" in result.output

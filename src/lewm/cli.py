@@ -111,7 +111,8 @@ def collect(
         typer.Option(
             help="Data policy: tworoom heuristic; pusht weak (the reference's) or pusher "
             "(pushes the block towards random target poses); reacher random (the released "
-            "data) or ou (smooth Ornstein-Uhlenbeck torques, wider coverage); cube oracle. "
+            "data) or ou (smooth Ornstein-Uhlenbeck torques, wider coverage); cube oracle (the "
+            "released data) or explore (the oracle with bursts of random actions). "
             "Default: the first listed. Or replay:FILE to re-run the episodes of a dataset "
             "(e.g. official expert data) from their start states with their actions.",
             show_default=False,
@@ -413,6 +414,11 @@ def recipe(
                                  show_default=False),
     ] = None,
     eval_episodes: Annotated[int, typer.Option(help="Evaluation pairs per seed.")] = 50,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="Data policy instead of the recipe's (see lewm collect --help); "
+                     "the dataset's file name then carries it.", show_default=False),
+    ] = None,
     device: Device = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -433,7 +439,7 @@ def recipe(
         _fail("--out DIR is required to run a recipe")
     summary = _guarded(
         lambda: run_recipe(name, out, seed, workers, device, episodes, eval_episodes,
-                           overrides or [], progress=progress)
+                           overrides or [], progress=progress, policy=policy)
     )
     print_stages(f"lewm recipe {name}", summary)
 

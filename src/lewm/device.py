@@ -1,5 +1,6 @@
-"""One place that turns ``--device auto|cpu|cuda|mps`` into a torch device, and the one
-process-level CPU setting that planning needs."""
+"""One place that turns ``--device auto|cpu|cuda|mps`` into a torch device, decides what
+``train.precision=auto`` means on it, and holds the one process-level CPU setting that
+planning needs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available on this machine")
     return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 at speed: CUDA cards from Ampere on; CPUs where oneDNN
+    has bf16 kernels (AVX-512 or AMX on x86, the bf16 extension on Arm). Elsewhere PyTorch
+    falls back to scalar code: on a 2-core AVX2 CPU the tiny preset's training step took
+    10.8 s under bf16 autocast against 0.61 s in float32. MPS keeps bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+def train_precision(requested: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast (the paper's) where ``device`` computes bf16 natively, float32
+    where it would only emulate it; any other setting is kept as given."""
+    if requested != "auto":
+        return requested
+    return "bf16-mixed" if native_bf16(device) else "32-true"
 
 
 # glibc's mallopt parameters (malloc.h) and the largest value it takes.

@@ -16,6 +16,7 @@ from typing import Any
 
 from lewm.config import EvalConfig, resolve
 from lewm.data import collect, open_store
+from lewm.envs import get_env_spec
 from lewm.io import atomic_write_text
 from lewm.plan.evaluate import evaluate_run
 from lewm.report.gif import write_episode_gif
@@ -94,25 +95,36 @@ def run_recipe(
     overrides: list[str] | None = None,
     summary_name: str = "recipe_summary.json",
     progress: bool = True,
+    policy: str | None = None,
 ) -> dict[str, Any]:
     """Collect ``OUT/<env>_<N>ep_<R>px_seed<S>.h5`` (unless there), train ``OUT/run`` (or
     resume it) with the tiny preset for the recipe's steps, evaluate CEM and the random
     floor on pair seeds 42 and 43; ``overrides`` come last (e.g. ``train.max_steps=…``).
-    Writes and returns the summary: every stage with its wall-clock and result."""
+    ``policy`` replaces the recipe's data policy; its name then joins the file's, so a
+    variant never reuses the recipe's data. Writes and returns the summary: every stage with
+    its wall-clock and result."""
     recipe = get_recipe(name)
     episodes = episodes or recipe.episodes
+    policy = policy or recipe.policy
+    get_env_spec(recipe.env).policy_factory(policy)  # an unknown policy fails before any work
     out = Path(out)
-    data = out / f"{recipe.env}_{episodes}ep_{recipe.resolution}px_seed{seed}.h5"
+    variant = "" if policy == recipe.policy else f"_{policy}"
+    data = out / f"{recipe.env}{variant}_{episodes}ep_{recipe.resolution}px_seed{seed}.h5"
     run_dir = out / "run"
     stages: list[dict[str, Any]] = []
 
     start = time.perf_counter()
     if not data.is_file():
         collect(recipe.env, episodes, data, resolution=recipe.resolution, seed=seed,
-                workers=workers, policy=recipe.policy, render=recipe.render,
+                workers=workers, policy=policy, render=recipe.render,
                 progress=progress)  # fmt: skip
     with open_store(data, cache="none") as store:
         frames = int(store.ep_len.sum())
+        if store.attrs.get("policy") != policy:
+            raise ValueError(
+                f"{data}: collected with policy {store.attrs.get('policy')!r}, but the recipe "
+                f"runs {policy!r}; move the file away or use another --out"
+            )
     stages.append(_stage("collect", f"{episodes} episodes, {frames} frames", start))
 
     start = time.perf_counter()
@@ -152,8 +164,8 @@ def run_recipe(
     stages.append({"stage": "total", "result": "", "seconds": total})
     path = out / summary_name
     summary_out = {
-        "recipe": {"name": name, **asdict(recipe), "episodes": episodes, "seed": seed,
-                   "extra_overrides": list(overrides or [])},
+        "recipe": {"name": name, **asdict(recipe), "episodes": episodes, "policy": policy,
+                   "seed": seed, "extra_overrides": list(overrides or [])},
         "stages": stages,
         "success_rates": evals,
         "train": summary,

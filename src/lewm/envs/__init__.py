@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium
 import numpy as np
 
-from lewm.envs.cube import CubeEnv, CubeOraclePolicy
+from lewm.envs.cube import CubeEnv, CubeExplorePolicy, CubeOraclePolicy
 from lewm.envs.pusht import PushTEnv, PushTWeakPolicy
 from lewm.envs.pusht_pusher import PushTPusherPolicy
 from lewm.envs.reacher import ReacherEnv, ReacherOUPolicy, ReacherRandomPolicy
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the run config only types a parameter here
 __all__ = [
     "ENV_NAMES",
     "CubeEnv",
+    "CubeExplorePolicy",
     "CubeOraclePolicy",
     "EnvSpec",
     "PushTEnv",
@@ -161,7 +162,7 @@ _SPECS: dict[str, EnvSpec] = {
     "cube": EnvSpec(
         name="cube",
         make=CubeEnv,
-        policies={"oracle": CubeOraclePolicy},
+        policies={"oracle": CubeOraclePolicy, "explore": CubeExplorePolicy},
         max_steps=200,
         frameskip=5,
         action_dim=5,

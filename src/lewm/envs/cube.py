@@ -35,6 +35,10 @@ SUCCESS_DISTANCE = 0.04
 # Per-dimension oracle noise relative to xi (Δxyz, Δyaw, Δgripper), xi ~ U(0, 0.1) per episode.
 NOISE_SCALE = np.array([1.0, 1.0, 1.0, 3.0, 10.0])
 MAX_NOISE = 0.1
+# The explore policy: per oracle step, the chance a random burst starts, and its length range
+# (mean 12.5 steps every ~30 oracle steps: ~30% of the steps are random).
+BURST_START = 1 / 30
+BURST_STEPS = (5, 20)
 # The dataset columns of the official cube_single_expert.h5 ('/' written as '_').
 INFO_COLUMNS = (
     "proprio/joint_pos", "proprio/effector_pos", "proprio/effector_yaw",
@@ -225,3 +229,26 @@ class CubeOraclePolicy:
         action = self.oracle.select_action(self.env.last_observation, self.env.last_info)
         action = action + self.rng.normal(0.0, self.noise)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+class CubeExplorePolicy(CubeOraclePolicy):
+    """The oracle, interrupted by bursts of uniform random actions (~30% of the steps).
+
+    A planner scores white-noise action blocks the oracle never takes, and a model trained
+    on oracle data alone is wrong about them (``lewm plan-gap``: its error on CEM's plans
+    grows five times faster than on the data's actions). The bursts show the model what
+    such actions do near the cube and the oracle's recoveries from them; the oracle is
+    Markov (it acts on the current state), so it resumes its task after a burst.
+    """
+
+    def __init__(self, env: CubeEnv, rng: np.random.Generator) -> None:
+        super().__init__(env, rng)
+        self.burst_left = 0
+
+    def __call__(self) -> np.ndarray:
+        if self.burst_left == 0 and self.rng.random() < BURST_START:
+            self.burst_left = int(self.rng.integers(BURST_STEPS[0], BURST_STEPS[1] + 1))
+        if self.burst_left > 0:
+            self.burst_left -= 1
+            return self.rng.uniform(-1.0, 1.0, size=5).astype(np.float32)
+        return super().__call__()

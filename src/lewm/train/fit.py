@@ -37,7 +37,7 @@ from lewm.checkpoint import CONFIG, WEIGHTS, save_checkpoint
 from lewm.config import ConfigError, RunConfig
 from lewm.data import ClipDataset, EpisodeStore, Normalizer, open_store, split_episodes
 from lewm.data.clips import proprio_width
-from lewm.device import resolve_device
+from lewm.device import resolve_device, train_precision
 from lewm.envs import get_env_spec, proprio_columns
 from lewm.io import atomic_write_text, exclusive, name_write_error, remove_stale_parts
 from lewm.model.diagnostics import (
@@ -292,6 +292,8 @@ def train(
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir}: is a file, expected a run folder (--out)")
     torch_device = resolve_device(device)
+    # Resolved once, here: the saved config then says what the run computed in.
+    cfg.train.precision = train_precision(cfg.train.precision, torch_device)
     check_scaling(cfg.train, torch_device)
     require_trackers(cfg.train.logger)
     store = open_store(data, cache=cfg.data.cache)
